@@ -1,0 +1,54 @@
+"""compress: prune CNNs by causal filter importance, export slim ONNX, benchmark against random pruning.
+
+The stages, each usable on its own:
+
+    from compress import load_data, get_spec, load_model, CausalScorer, prune, export_onnx
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("compress")
+except _metadata.PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+from .benchmark import LatencySettings, make_session, measure_latency, onnx_accuracy
+from .causal.scorer import CausalScorer
+from .config import RunConfig
+from .criteria import CausalImportance, SeededRandomImportance, l1_importance
+from .data import DataSplits, load_data
+from .errors import CompressError
+from .evaluation import evaluate
+from .export import check_parity, export_onnx
+from .pipeline import run
+from .pruning import PruneResult, prune
+from .recovery import recalibrate_batchnorm
+from .serialization import load_pruned
+from .zoo import available_models, get_spec, load_model
+
+__all__ = [
+    "CausalImportance",
+    "CausalScorer",
+    "CompressError",
+    "DataSplits",
+    "LatencySettings",
+    "PruneResult",
+    "RunConfig",
+    "SeededRandomImportance",
+    "__version__",
+    "available_models",
+    "check_parity",
+    "evaluate",
+    "export_onnx",
+    "get_spec",
+    "l1_importance",
+    "load_data",
+    "load_model",
+    "load_pruned",
+    "make_session",
+    "measure_latency",
+    "onnx_accuracy",
+    "prune",
+    "recalibrate_batchnorm",
+    "run",
+]

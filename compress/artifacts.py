@@ -1,0 +1,174 @@
+"""The output directory: staged, confined, and committed only when complete.
+
+Everything is written into a hidden staging directory beside the target and renamed into place at the
+end, so an interrupted run leaves nothing that looks like a finished result, and an existing
+directory is replaced only when the user said --force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+PACKAGES = (
+    "compress",
+    "torch",
+    "torchvision",
+    "torch-pruning",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "numpy",
+    "scikit-learn",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions from package metadata (torch-pruning's __version__ is wrong in 1.6.1)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    # onnxruntime-gpu replaces the onnxruntime distribution but keeps the module name
+    if versions.get("onnxruntime") is None:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions["onnxruntime"] = metadata.version("onnxruntime-gpu")
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "executable": sys.executable,
+    }
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class OutputDir:
+    """A run's output directory, written in a staging area and moved into place by `commit`.
+
+    Use as a context manager: leaving it by an exception removes the staging area.
+    """
+
+    def __init__(self, target: str | Path, force: bool = False):
+        self.target = Path(target).expanduser().absolute()
+        self.force = force
+        if self.target.exists():
+            if not force:
+                raise OutputError(
+                    f"output directory {self.target} already exists; choose another --out or pass --force to replace it"
+                )
+            if not self.target.is_dir():
+                raise OutputError(f"output path {self.target} exists and is not a directory")
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        except OSError as exc:
+            raise OutputError(f"cannot create the output directory in {parent}: {exc.strerror or exc}") from exc
+        self.committed = False
+
+    def path(self, relative: str) -> Path:
+        """Where `relative` goes in the staging area; paths outside the directory are refused."""
+        candidate = (self.staging / relative).resolve()
+        if not candidate.is_relative_to(self.staging.resolve()):
+            raise OutputError(f"refusing to write {relative!r} outside the output directory")
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        return candidate
+
+    def write_text(self, relative: str, text: str) -> Path:
+        path = self.path(relative)
+        with disk_errors(path):
+            path.write_text(text)
+        return path
+
+    def write_json(self, relative: str, data: Any) -> Path:
+        return self.write_text(relative, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+    def files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.staging)) for p in self.staging.rglob("*") if p.is_file())
+
+    def write_manifest(self, extra: dict[str, Any]) -> Path:
+        """manifest.json: sha256 of every other file, plus what the caller adds (config, seeds...)."""
+        files = {
+            name: {"sha256": sha256(self.staging / name), "bytes": (self.staging / name).stat().st_size}
+            for name in self.files()
+            if name != "manifest.json"
+        }
+        return self.write_json("manifest.json", {**extra, "files": files})
+
+    def commit(self) -> Path:
+        """Move the finished directory into place (replacing the old one only under --force)."""
+        trash = None
+        try:
+            if self.target.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+                os.replace(self.target, trash / "old")
+            os.replace(self.staging, self.target)
+        except OSError as exc:
+            raise OutputError(f"cannot move the results into {self.target}: {exc.strerror or exc}") from exc
+        finally:
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+        self.committed = True
+        return self.target
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> OutputDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self.abort()
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path):
+    """Turn 'no space left' and permission errors while writing `path` into a clear OutputError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(
+                f"no space left on the device while writing {path}; free space or choose another --out"
+            ) from exc
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

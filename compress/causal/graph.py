@@ -1,0 +1,137 @@
+"""The filter graph as torch-pruning traces it: who consumes the channels of each pruning group.
+
+A pruning group is a set of channels that torch-pruning removes together (a conv's filters with its
+batch norm, or every conv writing into one residual stream). Its channels' children are the outputs
+of the layers that take those channels as input: its *consumers*, wherever they are in the network,
+across residual additions, concatenations and flattening.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..errors import PruningError
+
+CONSUMER_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+
+@dataclass
+class Consumer:
+    """A layer whose input channels belong to one or more pruning groups."""
+
+    name: str
+    module: nn.Module
+    n_inputs: int  # input features as the layer sees them
+    features_per_channel: int = 1  # > 1 for a linear layer reading a flattened (C, H, W) map
+    groups: int = 1  # convolution groups: children see only the parents of their own group
+
+    @property
+    def n_parents(self) -> int:
+        return self.n_inputs // self.features_per_channel
+
+    @property
+    def n_children(self) -> int:
+        return self.module.out_channels if isinstance(self.module, nn.Conv2d) else self.module.out_features
+
+
+@dataclass
+class GroupLinks:
+    """One pruning group: its root layer, its channel count and where its channels are consumed."""
+
+    root: str
+    channels: int
+    # (consumer name, consumer input indices, the group channel of each of those indices)
+    links: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class ChannelGraph:
+    consumers: dict[str, Consumer]
+    groups: list[GroupLinks]
+    output_layers: list[str]
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph, with tracing failures turned into a clear error."""
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    except Exception as exc:  # tracing runs arbitrary model code
+        raise PruningError(
+            f"torch-pruning could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
+            "the model must run on a batch of the data in plain eager mode"
+        ) from exc
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def find_output_layers(graph: tp.DependencyGraph) -> list[str]:
+    """Layers that produce the model's outputs: nothing but parameter-free or per-channel ops after them.
+
+    Their output channels are the model's outputs (the classifier's classes), which are never pruned.
+    """
+    names = {m: n for n, m in graph.model.named_modules()}
+    layers = [n for n in graph.module2node.values() if isinstance(n.module, (nn.Conv2d, nn.Linear))]
+    outputs = []
+    for node in layers:
+        stack, seen, reaches_output = [node], set(), False
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if not current.outputs:
+                reaches_output = True
+                break
+            for nxt in current.outputs:
+                if not isinstance(nxt.module, (nn.Conv2d, nn.Linear)):
+                    stack.append(nxt)
+        if reaches_output:
+            outputs.append(names[node.module])
+    return outputs
+
+
+def build_channel_graph(model: nn.Module, example_inputs: torch.Tensor) -> ChannelGraph:
+    """Trace `model` (eval mode; the caller passes a copy it owns) and link groups to consumers."""
+    graph = build_dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    output_layers = find_output_layers(graph)
+    ignored = [model.get_submodule(n) for n in output_layers]
+    consumers: dict[str, Consumer] = {}
+    groups: list[GroupLinks] = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        root = group[0].dep.target.module
+        links = GroupLinks(root=names[root], channels=len(group[0].idxs))
+        for item in group:
+            module = item.dep.target.module
+            if item.dep.handler not in CONSUMER_HANDLERS or is_depthwise(module):
+                continue
+            idxs, root_idxs = list(item.idxs), list(item.root_idxs)
+            if any(r is None for r in root_idxs):
+                continue
+            name = names[module]
+            per_channel = max(1, len(idxs) // max(1, len(set(root_idxs))))
+            n_inputs = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+            if n_inputs % per_channel:
+                per_channel = 1
+            consumer = consumers.setdefault(
+                name,
+                Consumer(
+                    name,
+                    module,
+                    n_inputs,
+                    features_per_channel=per_channel,
+                    groups=module.groups if isinstance(module, nn.Conv2d) else 1,
+                ),
+            )
+            if consumer.features_per_channel != per_channel:
+                consumer.features_per_channel = 1  # inconsistent evidence: regress on raw features
+            links.links.append((name, idxs, root_idxs))
+        groups.append(links)
+    return ChannelGraph(consumers, groups, output_layers)

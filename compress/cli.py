@@ -1,0 +1,282 @@
+"""The `compress` command: thin click commands over the pipeline. No logic lives here.
+
+Exit codes: 0 success; 1 a quality gate failed; 2 bad input or usage (one line on stderr, no
+traceback unless --debug); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+import warnings
+
+import click
+
+from . import __version__
+from .config import DEFAULT_RATIOS, RunConfig
+from .criteria import CRITERIA
+from .errors import CompressError, CompressWarning
+from .export import EXPORTERS
+
+_state = {"debug": False}
+
+
+class _CommaList(click.ParamType):
+    """A comma-separated list: `--ratios 0.1,0.3` or `--criteria causal,random`."""
+
+    def __init__(self, item_type: type, choices: tuple[str, ...] | None = None):
+        self.item_type, self.choices = item_type, choices
+        self.name = f"{item_type.__name__}[,{item_type.__name__}...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(value)
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        try:
+            converted = tuple(self.item_type(v) for v in items)
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of {self.item_type.__name__}s", param, ctx)
+        if self.choices:
+            for item in converted:
+                if item not in self.choices:
+                    self.fail(f"{item!r} is not one of {', '.join(self.choices)}", param, ctx)
+        return converted
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="compress")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Prune CNNs by causal filter importance, export slim ONNX, and benchmark it.
+
+    `compress run` with no options prunes the embedded default (a small CNN on scikit-learn's
+    digits, offline) and writes the report to ./compress-output.
+    """
+    _state["debug"] = debug
+
+
+@cli.command()
+@click.option(
+    "--model",
+    default="digits-cnn",
+    show_default=True,
+    help="Architecture: a compress name or any torchvision classification model (see `compress models`).",
+)
+@click.option(
+    "--weights",
+    help="Checkpoint (state dict) to load; for torchvision models also a weights name "
+    "such as DEFAULT (downloaded by torchvision).",
+)
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow a checkpoint holding pickled objects (runs code from the file)."
+)
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="'digits', a torchvision data set name (cifar10, cifar100, mnist, fashion-mnist, kmnist), "
+    "or an image-folder directory (with train/ and test/ sub-folders, or one class tree to split).",
+)
+@click.option("--data-root", help="Where a torchvision data set lives (default ./data).")
+@click.option("--download", is_flag=True, help="Let torchvision download the data set into --data-root.")
+@click.option("--image-size", type=click.IntRange(min=1), help="Resize images to this size (default: the model's).")
+@click.option("--mean", type=_CommaList(float), help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406.")
+@click.option("--std", type=_CommaList(float), help="Per-channel normalisation std.")
+@click.option(
+    "--calibration-size",
+    default=2000,
+    show_default=True,
+    type=int,
+    help="Calibration images (scoring and batch-norm re-estimation).",
+)
+@click.option("--eval-size", type=int, help="Evaluate on this many images (default: the whole evaluation split).")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of data subsets and random baselines.")
+@click.option(
+    "--ratios",
+    type=_CommaList(float),
+    default=",".join(map(str, DEFAULT_RATIOS)),
+    show_default=True,
+    help="Pruning ratios: the fraction of channels removed from every prunable group.",
+)
+@click.option(
+    "--criteria",
+    type=_CommaList(str, CRITERIA),
+    default=",".join(CRITERIA),
+    show_default=True,
+    help="Criteria to prune with, side by side.",
+)
+@click.option("--random-seeds", default=3, show_default=True, type=int, help="Seeds of the random baseline.")
+@click.option("--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations.")
+@click.option(
+    "--pool-grid",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Pool activations over a GxG grid per image (1: global average).",
+)
+@click.option(
+    "--round-to",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Keep channel counts a multiple of this (1: no rounding); odd counts run slower.",
+)
+@click.option(
+    "--no-recalibrate",
+    "recalibrate",
+    flag_value=False,
+    default=True,
+    help="Skip batch-norm re-estimation after pruning.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(EXPORTERS),
+    default="dynamo",
+    show_default=True,
+    help="ONNX exporter to try first (the other is the fallback).",
+)
+@click.option("--opset", default=18, show_default=True, type=int)
+@click.option(
+    "--parity-tolerance",
+    default=1e-4,
+    show_default=True,
+    type=float,
+    help="Largest allowed max-abs difference between ONNX and PyTorch logits.",
+)
+@click.option(
+    "--provider",
+    "providers",
+    type=click.Choice(["cpu", "cuda"]),
+    multiple=True,
+    help="onnxruntime provider(s) to benchmark (repeatable; default: every available one).",
+)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: one per available core).")
+@click.option("--latency-batch", default=32, show_default=True, type=int, help="Batch size timed besides batch 1.")
+@click.option("--latency-runs", default=50, show_default=True, type=int, help="Timed calls per variant and batch.")
+@click.option(
+    "--accuracy-tolerance",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Ship the most pruned causal variant within this many top-1 points of the original.",
+)
+@click.option("--out", default="compress-output", show_default=True, help="Output directory.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+def run(as_json: bool, quiet: bool, providers: tuple[str, ...], **options) -> None:
+    """Score, prune, recover, export and benchmark a model; write the report to --out.
+
+    Writes model.onnx (the shipped variant), onnx/*.onnx (every variant), pruned.pt, importances.npz,
+    report.json, report.md, plots/*.png and manifest.json.
+    """
+    from .pipeline import run as run_pipeline
+
+    _configure_output(quiet or as_json)
+    report = run_pipeline(RunConfig(providers=providers or None, **options))
+    if as_json:
+        click.echo(json.dumps(_summary(report), indent=2))
+    elif not quiet:
+        click.echo(_text_summary(report))
+
+
+def run_config_from_args(args: list[str]) -> RunConfig:
+    """The configuration `compress run ARGS` would use, for scripts that wrap the pipeline."""
+    params = dict(run.make_context("run", list(args)).params)
+    for output_flag in ("as_json", "quiet"):
+        params.pop(output_flag)
+    providers = params.pop("providers")
+    return RunConfig(providers=providers or None, **params)
+
+
+@cli.command("models")
+def list_models() -> None:
+    """List the model names --model accepts."""
+    from .zoo import _REGISTRY, available_models
+
+    for name in available_models():
+        spec = _REGISTRY.get(name)
+        click.echo(f"{name:24s} {spec.description}" if spec else name)
+
+
+def _configure_output(quiet: bool) -> None:
+    from .progress import set_quiet
+
+    set_quiet(quiet)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("compress: %(message)s"))
+    for name in ("compress", "py.warnings"):  # only our own log lines; libraries stay silent
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.WARNING if quiet else logging.INFO)
+        logger.propagate = False
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore")  # third-party deprecation chatter is not the user's concern
+    warnings.filterwarnings("always", category=CompressWarning)
+
+
+def _summary(report: dict) -> dict:
+    provider = report["benchmark"]["providers"][0]
+    return {
+        "output_dir": report["output_dir"],
+        "chosen": report["chosen"],
+        "variants": [
+            {
+                "name": v["name"],
+                "criterion": v["criterion"],
+                "ratio": v["ratio"],
+                "seed": v["seed"],
+                "top1": v["accuracy"]["top1"],
+                "top1_before_recovery": v["accuracy"]["top1_before_recovery"],
+                "macs_ratio": v["macs_ratio"],
+                "params_ratio": v["params_ratio"],
+                "latency_median_ms": {k: t["median_ms"] for k, t in v["latency"][provider].items()},
+            }
+            for v in report["variants"]
+        ],
+    }
+
+
+def _text_summary(report: dict) -> str:
+    lines = [f"original top-1 {report['variants'][0]['accuracy']['top1']:.2f}%"]
+    for row in report["summary"]:
+        parts = [f"ratio {row['ratio']:.2f}:"]
+        for criterion in report["config"]["criteria"]:
+            if criterion in row:
+                s = row[criterion]["top1"]
+                parts.append(f"{criterion} {s['mean']:.2f}" + (f"±{s['std']:.2f}" if s["n"] > 1 else ""))
+        lines.append("  ".join(parts))
+    lines.append(f"shipped {report['chosen']['variant']} as model.onnx: {report['chosen']['reason']}")
+    lines.append(f"results in {report['output_dir']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn failures into exit codes and one-line messages."""
+    try:
+        result = cli.main(args=argv, prog_name="compress", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:  # one line, like every other bad input
+        command = exc.ctx.command_path if exc.ctx else "compress"
+        click.echo(f"compress: error: {exc.format_message()} (see '{command} --help')", err=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"compress: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("compress: interrupted; no results were written", err=True)
+        return 130
+    except CompressError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        click.echo(f"compress: error: {exc}", err=True)
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The errors users see.
+
+Every failure a user can cause (a missing file, a bad flag, data that does not fit the model) is a
+`CompressError`: the CLI prints its message as one line and exits with its `exit_code`, without a
+traceback. Anything else escaping the pipeline is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class CompressError(Exception):
+    """A failure the user can act on; the message says what, where and what to do."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(CompressError):
+    """An option value is invalid or options contradict each other."""
+
+
+class DataError(CompressError):
+    """The data source is missing, empty, unreadable or does not fit the model."""
+
+
+class ModelError(CompressError):
+    """The model name, checkpoint or weights are missing, corrupt or do not fit."""
+
+
+class PruningError(CompressError):
+    """The model cannot be traced or pruned."""
+
+
+class ExportError(CompressError):
+    """The model cannot be exported to ONNX, or the export does not match PyTorch."""
+
+
+class OutputError(CompressError):
+    """The output location cannot be written (exists, not writable, no space)."""
+
+
+class CompressWarning(UserWarning):
+    """Something the user should know that did not stop the run (e.g. a group kept unpruned)."""

@@ -1,0 +1,444 @@
+"""`compress run`: load -> calibrate and score -> prune -> recover -> export -> benchmark -> report.
+
+Each stage is a plain function of its own module; this one only chains them, collects the numbers
+into the report and decides which variant ships as model.onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from .artifacts import OutputDir, disk_errors, environment
+from .benchmark import LatencySettings, available_providers, make_session, measure_latency, onnx_accuracy
+from .causal.scorer import CausalScorer
+from .config import RunConfig
+from .criteria import CausalImportance, SeededRandomImportance, l1_importance
+from .data import DataSplits, load_data, make_loader
+from .errors import ConfigError, DataError, ModelError
+from .evaluation import evaluate
+from .export import check_parity, export_onnx
+from .progress import progress
+from .pruning import ImportanceFactory, count_macs_params, layer_widths, output_layer_names, prune
+from .recovery import recalibrate_batchnorm
+from .report import summarise_by_ratio, write_plots, write_report_md
+from .serialization import save_importances, save_pruned
+from .zoo import LoadedModel, get_spec, load_model
+
+log = logging.getLogger("compress")
+
+REPORT_SCHEMA = "compress.report/1"
+PARITY_IMAGES = 32
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    criterion: str
+    ratio: float
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        seed = f"-s{self.seed}" if self.seed is not None else ""
+        return f"{self.criterion}{seed}-{self.ratio:.2f}"
+
+
+@dataclass
+class _Inputs:
+    """What every stage after loading works from."""
+
+    splits: DataSplits
+    loaded: LoadedModel
+    example: torch.Tensor  # real calibration images: tracing and validation
+    eval_images: torch.Tensor  # real evaluation images: parity and latency
+    protected: list[str]  # output layers, never pruned
+    providers: list[str]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+
+@dataclass
+class _Variants:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sessions: dict[str, Any] = field(default_factory=dict)  # name -> onnxruntime session
+    shippable: dict[str, tuple[nn.Module, list]] = field(default_factory=dict)  # name -> (model, history)
+
+
+def plan_variants(config: RunConfig) -> list[PlannedVariant]:
+    """Every (criterion, ratio, seed) the run prunes, grouped by ratio so tables read naturally."""
+    plan = []
+    for ratio in config.ratios:
+        for criterion in config.criteria:
+            seeds = config.random_seed_list() if criterion == "random" else [None]
+            plan.extend(PlannedVariant(criterion, ratio, seed) for seed in seeds)
+    return plan
+
+
+def importance_factory(variant: PlannedVariant, scorer: CausalScorer | None) -> ImportanceFactory:
+    if variant.criterion == "causal":
+        assert scorer is not None
+        return lambda model: CausalImportance(scorer.consumer_importances_, model)
+    if variant.criterion == "l1":
+        return lambda model: l1_importance()
+    return lambda model: SeededRandomImportance(variant.seed)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the whole pipeline; the results land in `config.out` only if every stage succeeded."""
+    config.validate()
+    with OutputDir(config.out, force=config.force) as out:
+        torch.manual_seed(config.seed)
+        inputs = _load(config)
+        scorer = _score(config, inputs)
+        variants = _build_variants(config, inputs, scorer, out)
+        settings, batches = _measure_latency(config, inputs, variants, out)
+        report = _assemble_report(config, inputs, scorer, variants, settings, batches)
+        _write_outputs(out, report, variants, scorer, inputs)
+        out.write_manifest(
+            {
+                "schema": "compress.manifest/1",
+                "compress_version": __version__,
+                "config": config.to_dict(),
+                "seeds": report["seeds"],
+                "input_model": {"weights": report["model"]["weights"], "sha256": report["model"]["weights_sha256"]},
+                "environment": report["environment"],
+            }
+        )
+        report["output_dir"] = str(out.commit())
+    return report
+
+
+def _load(config: RunConfig) -> _Inputs:
+    spec = get_spec(config.model)
+    channels, height, width = spec.input_size
+    if config.image_size is not None:
+        height = width = config.image_size
+    splits = load_data(
+        config.data,
+        input_size=(channels, height, width),
+        mean=config.mean or spec.mean,
+        std=config.std or spec.std,
+        root=config.data_root,
+        calibration_size=config.calibration_size,
+        evaluation_size=config.eval_size,
+        seed=config.seed,
+        download=config.download,
+    )
+    log.info(
+        "data: %s (%d calibration, %d evaluation images, %d classes)",
+        splits.info["source"],
+        len(splits.calibration),
+        len(splits.evaluation),
+        splits.num_classes,
+    )
+    loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
+    example = splits.example_batch(16)
+    _check_model_accepts(loaded.model, example, splits.num_classes)
+    protected = output_layer_names(loaded.model, example)
+    log.info("model: %s, output layer %s kept whole", spec.name, ", ".join(protected))
+    return _Inputs(
+        splits=splits,
+        loaded=loaded,
+        example=example,
+        eval_images=_first_images(splits, max(config.latency_batch, PARITY_IMAGES)),
+        protected=protected,
+        providers=_resolve_providers(config),
+    )
+
+
+def _score(config: RunConfig, inputs: _Inputs) -> CausalScorer | None:
+    if "causal" not in config.criteria:
+        return None
+    calibration = inputs.splits.loader("calibration", config.batch_size)
+    scorer = CausalScorer(ridge=config.ridge, pool_grid=config.pool_grid).fit(inputs.model, calibration, inputs.example)
+    log.info(
+        "causal scores: %d consumer layers, %d groups, %.1f s",
+        len(scorer.graph_.consumers),
+        len(scorer.importances_),
+        scorer.fit_seconds_,
+    )
+    return scorer
+
+
+def _build_variants(config: RunConfig, inputs: _Inputs, scorer: CausalScorer | None, out: OutputDir) -> _Variants:
+    """The original and every planned variant: pruned, recovered, exported, checked and evaluated."""
+    calibration = inputs.splits.loader("calibration", config.batch_size)
+    evaluation = inputs.splits.loader("evaluation", config.batch_size)
+    variants = _Variants()
+
+    before = evaluate(inputs.model, evaluation, desc="original accuracy")
+    original = _finish_variant("original", inputs.model, config, inputs, out, evaluation, variants)
+    original.update(criterion=None, ratio=0.0, seed=None, kept_unpruned={}, channel_ratio=1.0)
+    original["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
+
+    for planned in progress(plan_variants(config), desc="variants", unit="variant"):
+        pruned = prune(
+            inputs.model,
+            importance_factory(planned, scorer),
+            planned.ratio,
+            inputs.example,
+            protected=inputs.protected,
+            round_to=config.round_to,
+        )
+        before = evaluate(pruned.model, evaluation, desc=f"{planned.name} accuracy")
+        if config.recalibrate:
+            recalibrate_batchnorm(pruned.model, calibration)
+        record = _finish_variant(planned.name, pruned.model, config, inputs, out, evaluation, variants)
+        record.update(
+            criterion=planned.criterion,
+            ratio=planned.ratio,
+            seed=planned.seed,
+            kept_unpruned=pruned.kept_unpruned,
+            prune_seconds=round(pruned.seconds, 3),
+            macs_ratio=record["macs"] / original["macs"],
+            params_ratio=record["params"] / original["params"],
+            channel_ratio=_channel_ratio(record["widths"], original["widths"], inputs.protected),
+        )
+        record["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
+        if planned.criterion == config.ship_criterion:
+            variants.shippable[planned.name] = (pruned.model, pruned.history)
+        log.info(
+            "%-16s top-1 %.2f%% (before recovery %.2f%%), MACs x%.2f",
+            planned.name,
+            record["accuracy"]["top1"],
+            before["top1"],
+            record["macs_ratio"],
+        )
+    return variants
+
+
+def _finish_variant(
+    name: str,
+    model: nn.Module,
+    config: RunConfig,
+    inputs: _Inputs,
+    out: OutputDir,
+    evaluation,
+    variants: _Variants,
+) -> dict[str, Any]:
+    """Export one variant, check it against PyTorch, measure its accuracy with onnxruntime, record it."""
+    relative = f"onnx/{name}.onnx"
+    path = out.path(relative)
+    with disk_errors(path):
+        exported = export_onnx(model, inputs.example, path, opset=config.opset, exporter=config.exporter)
+    if exported.fallback_reason:
+        log.warning("%s: exported with %s (%s)", name, exported.exporter, exported.fallback_reason)
+    session = make_session(path, inputs.providers[0], config.threads)
+    parity = check_parity(session, model, inputs.eval_images[:PARITY_IMAGES], tolerance=config.parity_tolerance)
+    accuracy = onnx_accuracy(session, evaluation, desc=f"{name} onnx accuracy")
+    macs, params = count_macs_params(model, inputs.example)
+    record = {
+        "name": name,
+        "onnx": relative,
+        "macs": macs,
+        "params": params,
+        "macs_ratio": 1.0,
+        "params_ratio": 1.0,
+        "onnx_params": exported.onnx_params,
+        "onnx_bytes": path.stat().st_size,
+        "widths": layer_widths(model),
+        "accuracy": {"top1": accuracy["top1"], "top5": accuracy["top5"], "runtime": "onnxruntime"},
+        "parity": parity.as_dict(),
+        "export": {"exporter": exported.exporter, "opset": exported.opset, "seconds": round(exported.seconds, 3)},
+        "latency": {},
+    }
+    variants.records.append(record)
+    variants.sessions[name] = session
+    return record
+
+
+def _measure_latency(
+    config: RunConfig, inputs: _Inputs, variants: _Variants, out: OutputDir
+) -> tuple[LatencySettings, list[int]]:
+    """Time every variant on every provider, interleaved, at batch 1 and the larger batch."""
+    settings = LatencySettings(warmup=config.warmup, runs=config.latency_runs)
+    batches = {b: inputs.eval_images[:b].numpy() for b in sorted({1, config.latency_batch})}
+    for provider in inputs.providers:
+        sessions = variants.sessions
+        if provider != inputs.providers[0]:
+            sessions = {
+                v["name"]: make_session(out.path(v["onnx"]), provider, config.threads) for v in variants.records
+            }
+        timings = measure_latency(sessions, batches, settings)
+        for record in variants.records:
+            record["latency"][provider] = timings[record["name"]]
+    return settings, sorted(batches)
+
+
+def _assemble_report(
+    config: RunConfig,
+    inputs: _Inputs,
+    scorer: CausalScorer | None,
+    variants: _Variants,
+    settings: LatencySettings,
+    batches: list[int],
+) -> dict[str, Any]:
+    splits, loaded, records = inputs.splits, inputs.loaded, variants.records
+    session = next(iter(variants.sessions.values()))
+    return {
+        "schema": REPORT_SCHEMA,
+        "compress_version": __version__,
+        "model": {
+            "name": loaded.spec.name,
+            "source": loaded.spec.source,
+            "weights": loaded.weights,
+            "weights_sha256": loaded.weights_sha256,
+            "num_classes": loaded.num_classes,
+            "input_size": list(splits.input_size),
+            "output_layers": inputs.protected,
+            "macs": records[0]["macs"],
+            "params": records[0]["params"],
+        },
+        "data": {
+            **splits.info,
+            "num_classes": splits.num_classes,
+            "input_size": list(splits.input_size),
+            "mean": list(splits.mean),
+            "std": list(splits.std),
+        },
+        "scoring": None
+        if scorer is None
+        else {
+            "criterion": "causal",
+            "ridge": config.ridge,
+            "pool_grid": config.pool_grid,
+            "calibration_images": scorer.n_images_,
+            "consumer_layers": len(scorer.graph_.consumers),
+            "groups": {root: len(v) for root, v in scorer.importances_.items()},
+            "seconds": round(scorer.fit_seconds_, 3),
+        },
+        "benchmark": {
+            "providers": inputs.providers,
+            "threads": int(session.get_session_options().intra_op_num_threads),
+            "latency_batches": batches,
+            "warmup": settings.warmup,
+            "runs": settings.runs,
+            "rounds": settings.rounds,
+            "interleaved": True,
+            "parity_images": PARITY_IMAGES,
+        },
+        "seeds": {
+            "seed": config.seed,
+            "random_baselines": config.random_seed_list() if "random" in config.criteria else [],
+        },
+        "config": config.to_dict(),
+        "environment": environment(),
+        "variants": records,
+        "summary": summarise_by_ratio(records, config.criteria),
+        "chosen": choose_variant(records, config),
+    }
+
+
+def _check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+    try:
+        with torch.no_grad():
+            output = model.eval()(example)
+    except Exception as exc:
+        raise DataError(
+            f"the model cannot take input of shape {tuple(example.shape[1:])} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "set --image-size (and --mean/--std) to what the model was trained on"
+        ) from exc
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelError(f"the model outputs {shape}, expected (batch, {num_classes}) class scores")
+
+
+def _resolve_providers(config: RunConfig) -> list[str]:
+    present = available_providers()
+    if config.providers is None:
+        return present
+    missing = [p for p in config.providers if p not in present]
+    if missing:
+        raise ConfigError(
+            f"onnxruntime provider {missing[0]!r} is not available here (available: {', '.join(present)}); "
+            "for CUDA install the gpu extra (onnxruntime-gpu)"
+        )
+    return list(config.providers)
+
+
+def _first_images(splits: DataSplits, n: int) -> torch.Tensor:
+    images = next(iter(make_loader(splits.evaluation, n)))[0]
+    if len(images) < n:  # a tiny evaluation split: repeat it to fill the batch
+        images = images.repeat(-(-n // len(images)), *([1] * (images.dim() - 1)))[:n]
+    return images.contiguous()
+
+
+def _channel_ratio(widths: dict[str, int], base: dict[str, int], protected: list[str]) -> float:
+    """Fraction of the prunable layers' output channels that were kept."""
+    names = [n for n in base if n not in protected]
+    return sum(widths[n] for n in names) / max(1, sum(base[n] for n in names))
+
+
+def choose_variant(variants: list[dict[str, Any]], config: RunConfig) -> dict[str, Any]:
+    """The ship criterion's most pruned variant within `accuracy_tolerance` points of the original.
+
+    If none is within tolerance, the least pruned one ships, and the reason says so.
+    """
+    original = variants[0]["accuracy"]["top1"]
+    candidates = [v for v in variants if v["criterion"] == config.ship_criterion]
+    good = [v for v in candidates if v["accuracy"]["top1"] >= original - config.accuracy_tolerance]
+    if good:
+        pick = max(good, key=lambda v: v["ratio"])
+        reason = (
+            f"largest {config.ship_criterion} pruning ratio whose top-1 accuracy "
+            f"({pick['accuracy']['top1']:.2f}%) is within {config.accuracy_tolerance:g} points of the "
+            f"original ({original:.2f}%)"
+        )
+    else:
+        pick = min(candidates, key=lambda v: v["ratio"])
+        reason = (
+            f"no {config.ship_criterion} variant is within {config.accuracy_tolerance:g} points of the "
+            f"original ({original:.2f}%); shipping the least pruned one ({pick['accuracy']['top1']:.2f}%)"
+        )
+    return {
+        "variant": pick["name"],
+        "file": "model.onnx",
+        "pruned_weights": "pruned.pt",
+        "reason": reason,
+        "within_tolerance": bool(good),
+    }
+
+
+def _write_outputs(
+    out: OutputDir, report: dict[str, Any], variants: _Variants, scorer: CausalScorer | None, inputs: _Inputs
+) -> None:
+    chosen = report["chosen"]["variant"]
+    record = next(v for v in report["variants"] if v["name"] == chosen)
+    with disk_errors(out.path("model.onnx")):
+        shutil.copyfile(out.path(record["onnx"]), out.path("model.onnx"))
+    model, history = variants.shippable[chosen]
+    splits = inputs.splits
+    save_pruned(
+        out.path("pruned.pt"),
+        model,
+        history,
+        inputs.loaded.spec.name,
+        inputs.loaded.num_classes,
+        splits.input_size,
+        splits.mean,
+        splits.std,
+        record,
+    )
+    if scorer is not None:
+        save_importances(out.path("importances.npz"), scorer)
+    report["files"] = {
+        "model": "model.onnx",
+        "pruned": "pruned.pt",
+        "report": "report.json",
+        "summary": "report.md",
+        "importances": "importances.npz" if scorer is not None else None,
+        "plots": ["plots/accuracy.png", "plots/latency.png"],
+        "manifest": "manifest.json",
+    }
+    write_plots(report, out.path("plots/accuracy.png"), out.path("plots/latency.png"))
+    out.write_json("report.json", report)
+    out.write_text("report.md", write_report_md(report))

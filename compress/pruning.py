@@ -1,0 +1,230 @@
+"""Structural pruning with torch-pruning, checked group by group against the unpruned model.
+
+Removing a channel must be equivalent to feeding zeros for it to every layer that reads it. After
+each group is pruned, the slim model is compared with a copy of the original whose consumer layers
+see those channels zeroed; a group that fails (an operator torch-pruning maps wrongly, like a
+channel-padding shortcut) is kept unpruned, with a warning, and pruning starts again without it.
+A model that does not pass is never handed out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .causal.graph import CONSUMER_HANDLERS, build_dependency_graph, find_output_layers
+from .errors import CompressWarning, PruningError
+
+ImportanceFactory = Callable[[nn.Module], tp.importance.Importance]
+
+# Pruned and masked-reference logits may differ by float rounding only (sums over fewer terms).
+VALIDATION_RTOL = 1e-3
+VALIDATION_ATOL = 1e-4
+
+
+@dataclass
+class PruneResult:
+    """A physically smaller model and how it was obtained."""
+
+    model: nn.Module
+    ratio: float
+    history: list[list]  # torch-pruning pruning history: [root layer, is_out_channels, [indices]]
+    kept_unpruned: dict[str, str] = field(default_factory=dict)  # group root -> why it was kept
+    seconds: float = 0.0
+
+    def pruned_channels(self) -> dict[str, list[int]]:
+        """Output-channel indices (in the original model's numbering) removed from each group root."""
+        removed: dict[str, list[int]] = {}
+        for name, is_out, idxs in self.history:
+            if is_out:
+                removed.setdefault(name, []).extend(int(i) for i in idxs)
+        return removed
+
+
+class _GroupRejected(Exception):
+    def __init__(self, root: str, reason: str):
+        super().__init__(f"{root}: {reason}")
+        self.root, self.reason = root, reason
+
+
+def output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """The layers producing the model's outputs (traced), whose output channels are never pruned."""
+    observed = copy.deepcopy(model).eval()
+    return find_output_layers(build_dependency_graph(observed, example_inputs))
+
+
+def prune(
+    model: nn.Module,
+    importance: ImportanceFactory,
+    ratio: float,
+    example_inputs: torch.Tensor,
+    *,
+    protected: Sequence[str] | None = None,
+    round_to: int | None = None,
+) -> PruneResult:
+    """Remove `ratio` of the channels of every prunable group of a copy of `model`.
+
+    `importance` builds a torch-pruning Importance for the copy being pruned (a fresh one per attempt,
+    so seeded criteria stay reproducible). `protected` names layers whose output channels are kept
+    (default: the traced output layers). `round_to` keeps each group's channel count a multiple of it
+    (rounding down; None or 1: exact ratio). `example_inputs` are real inputs: they trace the graph
+    and validate every pruned group. The caller's model is not changed.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise PruningError(f"pruning ratio must be in (0, 1), got {ratio}")
+    round_to = round_to if round_to is not None and round_to > 1 else None
+    start = time.perf_counter()
+    reference = copy.deepcopy(model).eval()
+    if protected is None:
+        protected = output_layer_names(reference, example_inputs)
+    with torch.no_grad():
+        expected_shape = tuple(reference(example_inputs).shape)
+    kept: dict[str, str] = {}
+    while True:
+        try:
+            pruned, history = _prune_once(
+                reference, importance, ratio, example_inputs, list(protected) + list(kept), round_to
+            )
+        except _GroupRejected as rejected:
+            if rejected.root in kept:  # cannot happen unless torch-pruning ignores ignored_layers
+                raise PruningError(f"pruning group {rejected.root} failed validation even when ignored") from None
+            warnings.warn(f"keeping group {rejected.root} unpruned: {rejected.reason}", CompressWarning, stacklevel=2)
+            kept[rejected.root] = rejected.reason
+            continue
+        break
+    with torch.no_grad():
+        shape = tuple(pruned(example_inputs).shape)
+    if shape != expected_shape:
+        raise PruningError(f"pruned model outputs shape {shape}, expected {expected_shape}")
+    return PruneResult(pruned, ratio, history, kept, time.perf_counter() - start)
+
+
+def _prune_once(
+    reference: nn.Module,
+    importance: ImportanceFactory,
+    ratio: float,
+    example_inputs: torch.Tensor,
+    ignored: list[str],
+    round_to: int | None,
+) -> tuple[nn.Module, list[list]]:
+    work = copy.deepcopy(reference)
+    names = {m: n for n, m in work.named_modules()}
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")  # torch-pruning warns about every unknown op it meets
+        try:
+            pruner = tp.pruner.BasePruner(
+                work,
+                example_inputs,
+                importance=importance(work),
+                pruning_ratio=ratio,
+                ignored_layers=[work.get_submodule(n) for n in ignored],
+                round_to=round_to,
+            )
+        except Exception as exc:  # tracing runs arbitrary model code
+            raise PruningError(
+                f"torch-pruning could not trace {type(work).__name__} ({type(exc).__name__}: {exc})"
+            ) from exc
+    masked = _MaskedReference(reference)
+    try:
+        for group in pruner.step(interactive=True):
+            root = names[group[0].dep.target.module]
+            masked.remove(_consumed_indices(group, names))
+            try:
+                group.prune()
+            except Exception as exc:  # torch-pruning failed half-way: the copy is unusable
+                raise _GroupRejected(root, f"torch-pruning failed ({type(exc).__name__}: {exc})") from exc
+            _check_equivalent(work, masked, example_inputs, root)
+    finally:
+        masked.close()
+    history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
+    return work.eval(), history
+
+
+def _consumed_indices(group, names: dict[nn.Module, str]) -> list[tuple[str, list[int]]]:
+    """(consumer layer, its current input indices) for each layer that reads the group's channels."""
+    return [(names[item.dep.target.module], list(item.idxs)) for item in group if item.dep.handler in CONSUMER_HANDLERS]
+
+
+class _MaskedReference:
+    """The original model with removed channels zeroed at the input of every layer that reads them."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.alive: dict[str, list[int]] = {}  # consumer -> original indices of its surviving inputs
+        self.removed: dict[str, torch.Tensor] = {}
+        self.handles = []
+
+    def remove(self, consumed: list[tuple[str, list[int]]]) -> None:
+        for name, idxs in consumed:
+            module = self.model.get_submodule(name)
+            if name not in self.alive:
+                width = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+                self.alive[name] = list(range(width))
+                self.handles.append(module.register_forward_pre_hook(self._hook(name)))
+            originals = [self.alive[name][i] for i in idxs]
+            gone = set(idxs)
+            self.alive[name] = [o for i, o in enumerate(self.alive[name]) if i not in gone]
+            previous = self.removed.get(name, torch.empty(0, dtype=torch.long))
+            self.removed[name] = torch.cat([previous, torch.as_tensor(originals, dtype=torch.long)])
+
+    def _hook(self, name: str):
+        def zero_removed(module, args):
+            x = args[0].clone()
+            x.index_fill_(1 if isinstance(module, nn.Conv2d) else x.dim() - 1, self.removed[name], 0.0)
+            return (x, *args[1:])
+
+        return zero_removed
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.Tensor, root: str) -> None:
+    try:
+        out = work(inputs)
+    except Exception as exc:
+        raise _GroupRejected(root, f"the pruned model no longer runs ({type(exc).__name__}: {exc})") from exc
+    expected = masked(inputs)
+    if out.shape != expected.shape:
+        raise _GroupRejected(root, f"output shape changed to {tuple(out.shape)} from {tuple(expected.shape)}")
+    scale = float(expected.abs().max().clamp(min=1.0))
+    error = float((out - expected).abs().max())
+    if error > VALIDATION_ATOL + VALIDATION_RTOL * scale:
+        raise _GroupRejected(
+            root, f"the pruned model differs from the original with those channels zeroed (max {error:.3g})"
+        )
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """Multiply-accumulates for one input and the number of parameters."""
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+    return int(macs), int(params)
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear layer."""
+    return {
+        name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+
+
+def apply_history(model: nn.Module, history: list[list], example_inputs: torch.Tensor) -> nn.Module:
+    """Replay a pruning history on a fresh model of the same architecture (to load pruned.pt)."""
+    graph = build_dependency_graph(model.eval(), example_inputs)
+    graph.load_pruning_history([[n, bool(out), list(idxs)] for n, out, idxs in history])
+    return model

@@ -1,0 +1,204 @@
+"""report.md and plots from the report dictionary (report.json is the dictionary itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
+
+
+def summarise_by_ratio(variants: list[dict[str, Any]], criteria: Sequence[str]) -> list[dict[str, Any]]:
+    """Per ratio and criterion: accuracy after and before recovery (mean, std, n over seeds), MACs
+    ratio, and causal's margin over the random mean (in points and in random standard deviations)."""
+    rows = []
+    for ratio in sorted({v["ratio"] for v in variants if v["criterion"] is not None}):
+        row: dict[str, Any] = {"ratio": ratio}
+        for criterion in criteria:
+            chosen = [v for v in variants if v["criterion"] == criterion and v["ratio"] == ratio]
+            if not chosen:
+                continue
+            row[criterion] = {
+                "top1": _stats([v["accuracy"]["top1"] for v in chosen]),
+                "top1_before_recovery": _stats([v["accuracy"]["top1_before_recovery"] for v in chosen]),
+                "macs_ratio": float(np.mean([v["macs_ratio"] for v in chosen])),
+                "params_ratio": float(np.mean([v["params_ratio"] for v in chosen])),
+            }
+        if "causal" in row and "random" in row:
+            random, causal = row["random"]["top1"], row["causal"]["top1"]["mean"]
+            row["causal_minus_random"] = causal - random["mean"]
+            row["causal_minus_random_in_std"] = (causal - random["mean"]) / random["std"] if random["std"] > 0 else None
+        rows.append(row)
+    return rows
+
+
+def _fmt_acc(stats: dict[str, float]) -> str:
+    if stats["n"] > 1:
+        return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+    return f"{stats['mean']:.2f}"
+
+
+def write_report_md(report: dict[str, Any]) -> str:
+    model, data, variants = report["model"], report["data"], report["variants"]
+    original = variants[0]
+    criteria = [c for c in report["config"]["criteria"]]
+    providers = report["benchmark"]["providers"]
+    batches = report["benchmark"]["latency_batches"]
+    lines = [
+        f"# compress report: {model['name']}",
+        "",
+        f"- model: `{model['name']}` ({model['params']:,} parameters, {model['macs']:,} MACs per image), "
+        f"weights `{model['weights']}`",
+        f"- data: {data['split']}; {data['calibration_images']} calibration and {data['evaluation_images']} "
+        f"evaluation images, {data['num_classes']} classes, input {tuple(data['input_size'])}",
+        f"- original top-1 accuracy (onnxruntime): **{original['accuracy']['top1']:.2f}%**",
+        f"- shipped as `model.onnx`: **{report['chosen']['variant']}** — {report['chosen']['reason']}",
+        "",
+        "## Accuracy by pruning ratio",
+        "",
+        "Top-1 % on the evaluation split with onnxruntime, after batch-norm re-estimation "
+        "(before it in parentheses). Random: mean ± std over seeds "
+        f"{report['seeds']['random_baselines']}.",
+        "",
+    ]
+    header = ["ratio", *criteria]
+    if "causal" in criteria and "random" in criteria:
+        header.append("causal − random mean")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["summary"]:
+        cells = [f"{row['ratio']:.2f}"]
+        for criterion in criteria:
+            if criterion in row:
+                r = row[criterion]
+                cells.append(f"{_fmt_acc(r['top1'])} ({_fmt_acc(r['top1_before_recovery'])})")
+            else:
+                cells.append("—")
+        if "causal_minus_random" in row:
+            units = row["causal_minus_random_in_std"]
+            cells.append(f"{row['causal_minus_random']:+.2f}" + (f" ({units:+.1f} std)" if units is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "## Size, speed and export parity", ""]
+    lat_cols = [f"{p} b{b} median / p90 ms" for p in providers for b in batches]
+    head = ["variant", "params", "MACs", "MACs ratio", *lat_cols, f"speed-up b{batches[-1]}", "parity max abs"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = original["latency"].get(providers[0], {}).get(f"batch_{batches[-1]}", {}).get("median_ms")
+    for v in variants:
+        cells = [v["name"], f"{v['params']:,}", f"{v['macs']:,}", f"{v['macs_ratio']:.3f}"]
+        for p in providers:
+            for b in batches:
+                t = v["latency"].get(p, {}).get(f"batch_{b}")
+                cells.append(f"{t['median_ms']:.3f} / {t['p90_ms']:.3f}" if t else "—")
+        mine = v["latency"].get(providers[0], {}).get(f"batch_{batches[-1]}", {}).get("median_ms")
+        cells.append(f"{base / mine:.2f}x" if base and mine else "—")
+        cells.append(f"{v['parity']['max_abs_diff']:.2e}")
+        lines.append("| " + " | ".join(cells) + " |")
+    kept = {v["name"]: v["kept_unpruned"] for v in variants if v.get("kept_unpruned")}
+    if kept:
+        lines += ["", "## Groups kept unpruned for safety", ""]
+        for name, groups in kept.items():
+            for root, why in groups.items():
+                lines.append(f"- {name}: `{root}` — {why}")
+    bench = report["benchmark"]
+    lines += [
+        "",
+        "## Settings",
+        "",
+        f"- latency: onnxruntime {', '.join(providers)}, {bench['threads']} intra-op threads, "
+        f"{bench['warmup']} warm-up calls, {bench['runs']} timed calls per variant and batch in "
+        f"{bench['rounds']} interleaved rounds",
+        f"- parity: ONNX vs PyTorch logits on {bench['parity_images']} evaluation images",
+    ]
+    if report.get("scoring"):
+        s = report["scoring"]
+        lines.append(
+            f"- causal scoring: ridge {s['ridge']:g}, pool grid {s['pool_grid']}, {s['calibration_images']} "
+            f"calibration images, {s['consumer_layers']} consumer layers, {s['seconds']:.2f} s"
+        )
+    versions = report["environment"]["versions"]
+    lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path) -> None:
+    """Accuracy vs ratio per criterion, and latency vs ratio per criterion and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, criteria = report["summary"], report["config"]["criteria"]
+    original = report["variants"][0]
+    colours = {"causal": "tab:red", "l1": "tab:blue", "random": "tab:gray"}
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ratios = [row["ratio"] for row in summary]
+    for criterion in criteria:
+        after = [row[criterion]["top1"] for row in summary if criterion in row]
+        before = [row[criterion]["top1_before_recovery"] for row in summary if criterion in row]
+        colour = colours.get(criterion)
+        ax.errorbar(
+            ratios,
+            [s["mean"] for s in after],
+            yerr=[s["std"] for s in after],
+            marker="o",
+            color=colour,
+            capsize=3,
+            label=f"{criterion} (BN re-estimated)",
+        )
+        ax.plot(
+            ratios,
+            [s["mean"] for s in before],
+            linestyle="--",
+            marker=".",
+            color=colour,
+            alpha=0.6,
+            label=f"{criterion} (before)",
+        )
+    ax.axhline(original["accuracy"]["top1"], color="black", linewidth=0.8, label="original")
+    ax.set_xlabel("pruning ratio (fraction of channels removed per group)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{report['model']['name']}: accuracy vs pruning ratio")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(accuracy_path, dpi=110)
+    plt.close(fig)
+
+    provider = report["benchmark"]["providers"][0]
+    batches = report["benchmark"]["latency_batches"]
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.0 * len(batches), 3.8), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        key = f"batch_{batch}"
+        for criterion in criteria:
+            points = sorted(
+                (v["ratio"], v["latency"][provider][key]["median_ms"])
+                for v in report["variants"]
+                if v["criterion"] == criterion
+            )
+            by_ratio: dict[float, list[float]] = {}
+            for r, t in points:
+                by_ratio.setdefault(r, []).append(t)
+            ax.plot(
+                list(by_ratio),
+                [float(np.median(ts)) for ts in by_ratio.values()],
+                marker="o",
+                color=colours.get(criterion),
+                label=criterion,
+            )
+        ax.axhline(original["latency"][provider][key]["median_ms"], color="black", linewidth=0.8, label="original")
+        ax.set_xlabel("pruning ratio")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{provider}, batch {batch}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(latency_path, dpi=110)
+    plt.close(fig)

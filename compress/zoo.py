@@ -1,0 +1,323 @@
+"""Model sources: a registry of names, one way to build a model, weights loaded explicitly.
+
+`get_spec(name)` resolves a name to a `ModelSpec` (the project's own architectures, then every
+torchvision classification architecture); `load_model(spec, weights, num_classes)` builds it and loads
+a checkpoint with `weights_only=True` unless the caller trusts the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Mean and std of scikit-learn's digits pixels (scaled to [0, 1]) over the training split; the
+# checkpoint in models/ was trained with exactly these.
+DIGITS_MEAN = (0.3056,)
+DIGITS_STD = (0.3761,)
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one architecture and what input it expects."""
+
+    name: str
+    build: Callable[[int], nn.Module]  # num_classes -> freshly initialised model
+    input_size: tuple[int, int, int]  # (channels, height, width)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    default_weights: Path | None = None  # a checkpoint shipped with the project, if any
+    description: str = ""
+    source: str = "compress"
+
+
+@dataclass
+class LoadedModel:
+    """A built model with its weights and where they came from."""
+
+    model: nn.Module
+    spec: ModelSpec
+    num_classes: int
+    weights: str | None  # path or torchvision weights name; None for random initialisation
+    weights_sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+class DigitsCNN(nn.Module):
+    """The embedded default: four 3x3 conv layers with batch norm on 8x8 grey-scale digits.
+
+    Wide enough (32-64-128-128 filters) that removing 10-50% of them is a real test, small enough to
+    train in under a minute on two cores (scripts/train_digits.py).
+    """
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int, int] = (32, 64, 128, 128)):
+        super().__init__()
+        c1, c2, c3, c4 = widths
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, bias=False)
+        self.bn4 = nn.BatchNorm2d(c4)
+        self.fc = nn.Linear(c4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))  # 8x8
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.max_pool2d(x, 2)  # 4x4
+        x = F.relu(self.bn3(self.conv3(x)))
+        x = F.relu(self.bn4(self.conv4(x)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+register_model(
+    ModelSpec(
+        name="digits-cnn",
+        build=lambda num_classes: DigitsCNN(num_classes),
+        input_size=(1, 8, 8),
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
+        default_weights=MODELS_DIR / "digits_cnn.pt",
+        description="4-conv CNN for scikit-learn's 8x8 digits (the embedded default)",
+    )
+)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_spec(name: str) -> ModelSpec:
+    import torchvision
+
+    def build(num_classes: int) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+    # Inception v3 wants 299x299; every other classification model defaults to 224x224.
+    size = 299 if name == "inception_v3" else 224
+    return ModelSpec(
+        name=name,
+        build=build,
+        input_size=(3, size, size),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description=f"torchvision.models.{name}",
+        source="torchvision",
+    )
+
+
+def available_models() -> list[str]:
+    """Every name `get_spec` accepts: the project's own first, then torchvision's."""
+    return sorted(_REGISTRY) + [n for n in _torchvision_names() if n not in _REGISTRY]
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    names = _torchvision_names()
+    if name in names:
+        return _torchvision_spec(name)
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_REGISTRY) + names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ModelError(f"unknown model {name!r}{hint} (`compress models` lists the names)")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Read the weights in `path` as a flat state dict.
+
+    Accepts a plain state dict, a training checkpoint holding one under a usual key ("state_dict",
+    "model", ...), and weights saved from `nn.DataParallel` ("module." prefixes). A whole pickled
+    model loads only with `trust_checkpoint`, because unpickling it runs code from the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path} (pass the path of a saved state dict with --weights)")
+    if path.stat().st_size == 0:
+        raise ModelError(f"checkpoint is empty: {path} (0 bytes); re-save the weights")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found and not trust_checkpoint:
+            raise ModelError(
+                f"checkpoint {path} holds pickled Python objects ({found.group(1)}; e.g. a whole model saved "
+                "with torch.save(model)), and loading those runs code from the file; save "
+                "model.state_dict() instead, or pass --trust-checkpoint if you trust its source"
+            ) from exc
+        raise ModelError(f"checkpoint {path} is corrupt or not a PyTorch file (unpickling failed)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from exc
+
+    if isinstance(obj, nn.Module):  # only reachable with trust_checkpoint
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint {path} holds no weights (expected a state dict of tensors)")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """`model.load_state_dict(strict=True)` with an error that names what does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches (file vs model) {_few(mismatched)}")
+    if problems:
+        raise ModelError(f"weights in {source} do not fit the architecture: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
+
+
+def load_model(
+    spec: ModelSpec,
+    weights: str | Path | None = None,
+    num_classes: int = 10,
+    trust_checkpoint: bool = False,
+    allow_random_init: bool = False,
+) -> LoadedModel:
+    """Build `spec` for `num_classes` outputs and load its weights.
+
+    `weights` is a checkpoint path or, for torchvision architectures, the name of a torchvision
+    weights enum member (e.g. "DEFAULT", "IMAGENET1K_V1": downloaded by torchvision, needs internet).
+    Without `weights` the spec's shipped checkpoint is used; a model with neither is an error unless
+    `allow_random_init` (for tests and latency-only studies).
+    """
+    model = spec.build(num_classes)
+    if weights is None and spec.default_weights is not None:
+        weights = spec.default_weights
+        if not Path(weights).is_file():
+            raise ModelError(
+                f"the shipped checkpoint of {spec.name} is missing ({weights}); "
+                "run scripts/train_digits.py or pass --weights"
+            )
+    if weights is None:
+        if not allow_random_init:
+            raise ModelError(f"model {spec.name} has no shipped weights: pass --weights FILE")
+        return LoadedModel(model.eval(), spec, num_classes, None, notes=["randomly initialised"])
+
+    path = Path(weights)
+    if not path.exists() and spec.source == "torchvision" and _is_weights_enum_name(str(weights)):
+        return _load_torchvision_weights(spec, str(weights), num_classes)
+    state = read_state_dict(path, trust_checkpoint=trust_checkpoint)
+    _check_class_count(model, state, num_classes, str(path))
+    load_state_dict_checked(model, state, str(path))
+    return LoadedModel(model.eval(), spec, num_classes, str(path), sha256_file(path))
+
+
+def _check_class_count(model: nn.Module, state: Mapping[str, torch.Tensor], num_classes: int, source: str) -> None:
+    """Name a class-count mismatch plainly, instead of as a shape mismatch deep in the state dict.
+
+    The classifier is the tensor whose first dimension is `num_classes` in the model built for the
+    data, and something else in the file, with every other dimension equal.
+    """
+    for key, expected in model.state_dict().items():
+        found = state.get(key)
+        if (
+            found is not None
+            and found.dim() == expected.dim() >= 1
+            and expected.shape[0] == num_classes != found.shape[0]
+            and tuple(found.shape[1:]) == tuple(expected.shape[1:])
+        ):
+            raise ModelError(
+                f"weights in {source} have {found.shape[0]} output classes ({key}) but the data has "
+                f"{num_classes}; use data with the model's classes or weights trained for this data"
+            )
+
+
+def _is_weights_enum_name(value: str) -> bool:
+    return value.isupper() or value == "DEFAULT"
+
+
+def _load_torchvision_weights(spec: ModelSpec, weights_name: str, num_classes: int) -> LoadedModel:
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(spec.name)
+        weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"torchvision has no weights {weights_name!r} for {spec.name}") from exc
+    categories = len(weights.meta.get("categories", []))
+    if categories and categories != num_classes:
+        raise ModelError(
+            f"torchvision weights {spec.name}.{weights_name} have {categories} classes but the data has {num_classes}"
+        )
+    try:
+        model = torchvision.models.get_model(spec.name, weights=weights)
+    except OSError as exc:  # no internet, or a blocked hub
+        raise ModelError(
+            f"could not download torchvision weights {spec.name}.{weights_name} ({_first_line(exc)}); "
+            "download them where there is internet and pass the file with --weights"
+        ) from exc
+    return LoadedModel(model.eval(), spec, num_classes, f"torchvision:{weights_name}")

@@ -1,0 +1,142 @@
+"""Benchmark the whole `compress run` pipeline: causal vs L1 vs random pruning, accuracy and CPU latency.
+
+    python scripts/bench_pipeline.py                          # embedded default, 10 random seeds
+    python scripts/bench_pipeline.py --write BENCHMARKS.md    # also replace its section there
+
+Runs the pipeline once (all variants side by side, latency interleaved across variants) and prints:
+accuracy per ratio (causal and L1 against random's mean, std, 95% interval over seeds, and causal's
+margin in random standard deviations), and latency per ratio (median and p90 at batch 1 and the
+larger batch, speed-up against the original measured in the same run). Extra arguments are passed to
+`compress run` (e.g. --model resnet18 --weights W --data DIR --image-size 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compress.cli import run_config_from_args
+from compress.pipeline import run
+from compress.progress import set_quiet
+
+T_975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _interval(stats: dict) -> str:
+    n = stats["n"]
+    if n < 3:
+        return "—"
+    half = T_975.get(n - 1, 1.96) * stats["std"] / np.sqrt(n)
+    return f"[{stats['mean'] - half:.2f}, {stats['mean'] + half:.2f}]"
+
+
+def accuracy_table(report: dict) -> list[str]:
+    seeds = report["seeds"]["random_baselines"]
+    lines = [
+        f"Top-1 % on {report['data']['evaluation_images']} evaluation images (onnxruntime), after batch-norm "
+        f"re-estimation; before it in parentheses. Random: {len(seeds)} seeds {seeds[0]}..{seeds[-1]}.",
+        "",
+        "| ratio | MACs kept | causal | l1 | random mean ± std | random 95% CI | causal − random |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["summary"]:
+        c, l1, r = row["causal"], row["l1"], row["random"]
+        units = row["causal_minus_random_in_std"]
+        margin = f"{row['causal_minus_random']:+.2f}" + (f" ({units:+.1f} std)" if units is not None else "")
+        lines.append(
+            f"| {row['ratio']:.2f} | {c['macs_ratio']:.3f} "
+            f"| {c['top1']['mean']:.2f} ({c['top1_before_recovery']['mean']:.2f}) "
+            f"| {l1['top1']['mean']:.2f} ({l1['top1_before_recovery']['mean']:.2f}) "
+            f"| {r['top1']['mean']:.2f} ± {r['top1']['std']:.2f} ({r['top1_before_recovery']['mean']:.2f}) "
+            f"| {_interval(r['top1'])} | {margin} |"
+        )
+    return lines
+
+
+def latency_table(report: dict) -> list[str]:
+    provider = report["benchmark"]["providers"][0]
+    batches = report["benchmark"]["latency_batches"]
+    original = report["variants"][0]["latency"][provider]
+    head = ["variant", "params", "MACs ratio"]
+    for b in batches:
+        head += [f"b{b} median ms", f"b{b} p90 ms", f"b{b} speed-up"]
+    lines = [
+        f"onnxruntime {provider}, {report['benchmark']['threads']} threads, {report['benchmark']['runs']} timed "
+        f"calls per variant and batch, interleaved over {report['benchmark']['rounds']} rounds. Speed-up = "
+        "original median / variant median, same run. Random variants share the causal ones' shapes; the "
+        "first seed is shown.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    first_seed = report["seeds"]["random_baselines"][0] if report["seeds"]["random_baselines"] else None
+    for v in report["variants"]:
+        if v["criterion"] == "random" and v["seed"] != first_seed:
+            continue
+        cells = [v["name"], f"{v['params']:,}", f"{v['macs_ratio']:.3f}"]
+        for b in batches:
+            t = v["latency"][provider][f"batch_{b}"]
+            cells += [
+                f"{t['median_ms']:.3f}",
+                f"{t['p90_ms']:.3f}",
+                f"{original[f'batch_{b}']['median_ms'] / t['median_ms']:.2f}x",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", type=Path, help="Markdown file whose pipeline section is replaced.")
+    parser.add_argument("--random-seeds", type=int, default=10)
+    args, passthrough = parser.parse_known_args()
+
+    command = "python scripts/bench_pipeline.py " + " ".join(sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        config = run_config_from_args(
+            ["--out", str(Path(tmp) / "out"), "--random-seeds", str(args.random_seeds), *passthrough]
+        )
+        set_quiet(True)
+        start = time.perf_counter()
+        report = run(config)
+        seconds = time.perf_counter() - start
+
+    model = report["model"]
+    lines = [
+        f"### {model['name']} on {report['data']['source']}",
+        "",
+        f"Command: `{command.strip()}` ({seconds:.0f} s wall, 2-core CPU). Original: {model['params']:,} parameters, "
+        f"{model['macs']:,} MACs, top-1 {report['variants'][0]['accuracy']['top1']:.2f}%. Channel rounding "
+        f"to multiples of {report['config']['round_to']}.",
+        "",
+        *accuracy_table(report),
+        "",
+        *latency_table(report),
+        "",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in report['environment']['versions'].items() if v)}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        _replace_section(args.write, f"### {model['name']} on {report['data']['source']}", text)
+
+
+def _replace_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section starting at `heading` (up to the next heading of that level) or append it."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = old.find(heading)
+    if start < 0:
+        new = old.rstrip() + "\n\n" + text
+    else:
+        end = old.find("\n### ", start + len(heading))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

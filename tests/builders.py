@@ -1,0 +1,96 @@
+"""Small models with known structure, for tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class TwoConv(nn.Module):
+    """conv1 -> ReLU -> conv2 -> ReLU -> global pool -> fc; no batch norm, so rescalings are exact."""
+
+    def __init__(self, c1: int = 6, c2: int = 8, classes: int = 5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.fc = nn.Linear(c2, classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class FlattenHead(nn.Module):
+    """A conv whose map is flattened straight into the classifier (no pooling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.bn(self.conv(x))), 1))
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _OptionABlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        pad = cout // 4
+        self.shortcut = (
+            _Lambda(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad))) if stride != 1 else nn.Identity()
+        )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class OptionAResNet(nn.Module):
+    """The CIFAR ResNet's 'option A' shortcut: sub-sample, then zero-pad channels. torch-pruning maps
+    the padding wrongly and builds a model that fails at the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = _OptionABlock(8, 8, 1)
+        self.layer2 = _OptionABlock(8, 16, 2)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x)))))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give batch-norm layers non-trivial statistics, as a trained model has."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=generator) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+    return model.eval()
+
+
+def batches(n: int = 64, shape=(3, 8, 8), batch_size: int = 16, seed: int = 0, classes: int = 5):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=generator)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]

@@ -1,0 +1,110 @@
+import pytest
+import torch
+import torchvision
+from builders import OptionAResNet, batches, randomise_batchnorm
+
+from compress import CausalScorer, prune
+from compress.benchmark import make_session
+from compress.criteria import CausalImportance, SeededRandomImportance, l1_importance
+from compress.errors import CompressWarning, PruningError
+from compress.export import check_parity, export_onnx
+from compress.pruning import count_macs_params, layer_widths
+from compress.serialization import load_pruned, save_pruned
+from compress.zoo import DigitsCNN
+
+
+def _random(seed):
+    return lambda model: SeededRandomImportance(seed)
+
+
+def test_channels_are_physically_removed_and_the_classifier_kept():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(DigitsCNN())
+    x = torch.randn(8, 1, 8, 8)
+    result = prune(model, lambda m: l1_importance(), 0.5, x)
+    widths = layer_widths(result.model)
+    assert widths == {"conv1": 16, "conv2": 32, "conv3": 64, "conv4": 64, "fc": 10}
+    assert result.model.fc.in_features == 64
+    assert result.model(x).shape == (8, 10)
+    assert layer_widths(model)["conv1"] == 32  # the caller's model is untouched
+    _, params = count_macs_params(result.model, x)
+    _, base = count_macs_params(model, x)
+    assert params < 0.4 * base
+
+
+def test_round_to_keeps_channel_counts_multiples():
+    model = randomise_batchnorm(DigitsCNN())
+    result = prune(model, lambda m: l1_importance(), 0.1, torch.randn(4, 1, 8, 8), round_to=8)
+    assert all(w % 8 == 0 for name, w in layer_widths(result.model).items() if name != "fc")
+
+
+def test_random_pruning_is_reproducible_per_seed():
+    model = randomise_batchnorm(DigitsCNN())
+    x = torch.randn(4, 1, 8, 8)
+    first, again, other = (prune(model, _random(s), 0.3, x).pruned_channels() for s in (7, 7, 8))
+    assert first == again
+    assert first != other
+
+
+def test_causal_pruning_removes_the_lowest_scored_channels():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(DigitsCNN())
+    data = batches(shape=(1, 8, 8))
+    scorer = CausalScorer().fit(model, data)
+    result = prune(model, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.25, data[0][0])
+    removed = result.pruned_channels()
+    for layer, scores in scorer.importances_.items():
+        kept = [i for i in range(len(scores)) if i not in set(removed[layer])]
+        assert len(removed[layer]) == len(scores) // 4
+        assert scores[removed[layer]].max() <= scores[kept].min(), layer  # ties may go either way
+
+
+def test_a_group_the_pruner_maps_wrongly_is_kept_unpruned_with_a_warning():
+    model = randomise_batchnorm(OptionAResNet())
+    x = torch.randn(8, 3, 16, 16)
+    with pytest.warns(CompressWarning, match="keeping group conv1 unpruned"):
+        result = prune(model, _random(0), 0.5, x)
+    assert "conv1" in result.kept_unpruned
+    assert result.model(x).shape == (8, 10)
+    assert layer_widths(result.model)["layer1.conv1"] == 4  # the other groups are still pruned
+
+
+def test_ratio_outside_the_open_interval_is_refused():
+    with pytest.raises(PruningError, match=r"\(0, 1\)"):
+        prune(DigitsCNN(), lambda m: l1_importance(), 1.0, torch.randn(2, 1, 8, 8))
+
+
+def test_resnet18_prunes_exports_and_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(torchvision.models.resnet18(num_classes=10))
+    data = batches(n=32, shape=(3, 32, 32), classes=10)
+    scorer = CausalScorer().fit(model, data)
+    result = prune(model, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.3, data[0][0])
+    widths = layer_widths(result.model)
+    assert widths["layer1.0.conv1"] < 64 and widths["fc"] == 10
+    exported = export_onnx(result.model, data[0][0], tmp_path / "r18.onnx")
+    session = make_session(exported.path)
+    parity = check_parity(session, result.model, torch.cat([data[1][0], data[0][0][:1]]), tolerance=1e-4)
+    assert parity.max_abs_diff <= 1e-4 and parity.images == 17
+
+
+def test_pruned_checkpoint_round_trips_with_weights_only(tmp_path):
+    model = randomise_batchnorm(DigitsCNN())
+    x = torch.randn(4, 1, 8, 8)
+    result = prune(model, _random(3), 0.3, x)
+    path = tmp_path / "pruned.pt"
+    save_pruned(
+        path,
+        result.model,
+        result.history,
+        "digits-cnn",
+        10,
+        (1, 8, 8),
+        (0.3,),
+        (0.4,),
+        {"name": "random-s3-0.30", "criterion": "random", "ratio": 0.3},
+    )
+    torch.load(path, weights_only=True)  # nothing in it needs unpickling code
+    loaded = load_pruned(path)
+    torch.testing.assert_close(loaded(x), result.model(x))
+    assert layer_widths(loaded) == layer_widths(result.model)

@@ -1,0 +1,75 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from compress.errors import ModelError
+from compress.zoo import DigitsCNN, get_spec, load_model, read_state_dict
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+def test_shipped_default_loads_and_is_accurate(digits_splits):
+    from compress.evaluation import evaluate
+
+    loaded = load_model(get_spec("digits-cnn"), num_classes=10)
+    assert loaded.weights_sha256 and len(loaded.weights_sha256) == 64
+    accuracy = evaluate(loaded.model, digits_splits.loader("evaluation", 256))["top1"]
+    assert accuracy >= 97.0
+
+
+def test_state_dict_layouts_are_unwrapped(tmp_path):
+    state = DigitsCNN().state_dict()
+    plain = read_state_dict(_save(tmp_path / "a.pt", state))
+    nested = read_state_dict(_save(tmp_path / "b.pt", {"state_dict": state, "epoch": 3}))
+    parallel = read_state_dict(_save(tmp_path / "c.pt", {"model": {f"module.{k}": v for k, v in state.items()}}))
+    assert plain.keys() == nested.keys() == parallel.keys() == state.keys()
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    spec = get_spec("digits-cnn")
+    with pytest.raises(ModelError, match="not found"):
+        load_model(spec, tmp_path / "missing.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        load_model(spec, tmp_path / "empty.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(ModelError, match="corrupt or not a PyTorch file"):
+        load_model(spec, tmp_path / "junk.pt")
+    _save(tmp_path / "none.pt", {"epoch": 3})
+    with pytest.raises(ModelError, match="no weights"):
+        load_model(spec, tmp_path / "none.pt")
+
+
+def test_pickled_model_needs_trust(tmp_path):
+    spec = get_spec("digits-cnn")
+    path = _save(tmp_path / "whole.pt", DigitsCNN())
+    with pytest.raises(ModelError, match="--trust-checkpoint"):
+        load_model(spec, path)
+    assert isinstance(load_model(spec, path, trust_checkpoint=True).model, nn.Module)
+
+
+def test_weights_that_do_not_fit_are_named(tmp_path):
+    spec = get_spec("digits-cnn")
+    with pytest.raises(ModelError, match=r"have 7 output classes \(fc.weight\) but the data has 10"):
+        load_model(spec, _save(tmp_path / "seven.pt", DigitsCNN(num_classes=7).state_dict()))
+    state = DigitsCNN().state_dict()
+    state.pop("conv2.weight")
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ModelError, match=r"missing keys \[conv2.weight\].*unexpected keys \[extra.weight\]"):
+        load_model(spec, _save(tmp_path / "keys.pt", state))
+    wide = DigitsCNN(widths=(16, 64, 128, 128)).state_dict()
+    with pytest.raises(ModelError, match=r"shape mismatches.*conv1.weight \(16, 1, 3, 3\) vs \(32, 1, 3, 3\)"):
+        load_model(spec, _save(tmp_path / "wide.pt", wide))
+
+
+def test_registry_resolves_torchvision_and_suggests_names():
+    spec = get_spec("resnet18")
+    assert spec.source == "torchvision" and spec.input_size == (3, 224, 224)
+    assert spec.build(7).fc.out_features == 7
+    with pytest.raises(ModelError, match="did you mean 'resnet18'"):
+        get_spec("resnet181")
+    with pytest.raises(ModelError, match="--weights"):
+        load_model(spec, None)
