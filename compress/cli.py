@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import traceback
 import warnings
@@ -254,8 +255,20 @@ def _text_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # a pipeline's cancel (SIGTERM) cleans up like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn failures into exit codes and one-line messages."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -174,3 +174,24 @@ def test_version_and_help():
     assert main(["--version"]) == 0
     assert main(["run", "--help"]) == 0
     assert main(["models"]) == 0
+
+
+def test_terminated_run_leaves_nothing_that_looks_complete(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compress", "run", "--out", str(out), "--ratios", "0.3"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:  # wait until the run is writing variants
+        if "causal scores" in line:
+            break
+    time.sleep(1.0)
+    process.terminate()
+    assert process.wait(timeout=60) == 130
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
