@@ -34,6 +34,26 @@ class FlattenHead(nn.Module):
         return self.fc(torch.flatten(F.relu(self.bn(self.conv(x))), 1))
 
 
+class Depthwise(nn.Module):
+    """conv -> depthwise conv -> pointwise conv, MobileNet style."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.dw_bn = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 16, 1, bias=False)
+        self.pw_bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        x = F.relu(self.dw_bn(self.dw(x)))
+        x = F.relu(self.pw_bn(self.pw(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 class _Lambda(nn.Module):
     def __init__(self, fn):
         super().__init__()

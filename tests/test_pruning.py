@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torchvision
-from builders import OptionAResNet, batches, randomise_batchnorm
+from builders import Depthwise, OptionAResNet, batches, randomise_batchnorm
 
 from compress import CausalScorer, prune
 from compress.benchmark import make_session
@@ -86,6 +86,19 @@ def test_resnet18_prunes_exports_and_matches_pytorch(tmp_path):
     session = make_session(exported.path)
     parity = check_parity(session, result.model, torch.cat([data[1][0], data[0][0][:1]]), tolerance=1e-4)
     assert parity.max_abs_diff <= 1e-4 and parity.images == 17
+
+
+def test_depthwise_channels_are_scored_downstream_and_pruned_together(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(Depthwise())
+    data = batches(n=48)
+    scorer = CausalScorer().fit(model, data)
+    conv_group = next(g for g in scorer.graph_.groups if g.root == "conv")
+    assert [name for name, _, _ in conv_group.links] == ["pw"]  # through the depthwise conv to its consumer
+    result = prune(model, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.5, data[0][0])
+    assert (result.model.dw.in_channels, result.model.dw.groups, result.model.pw.in_channels) == (4, 4, 4)
+    session = make_session(export_onnx(result.model, data[0][0], tmp_path / "dw.onnx").path)
+    assert check_parity(session, result.model, data[1][0], tolerance=1e-4).max_abs_diff <= 1e-4
 
 
 def test_pruned_checkpoint_round_trips_with_weights_only(tmp_path):

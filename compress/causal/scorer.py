@@ -88,7 +88,9 @@ class CausalScorer:
         self._validate()
         start = time.perf_counter()
         observed = copy.deepcopy(model).eval()
-        self._total = len(batches) if hasattr(batches, "__len__") else None
+        total = len(batches) if hasattr(batches, "__len__") else None
+        if total is not None and self.max_batches is not None:
+            total = min(total, self.max_batches)
         iterator = iter(batches)
         try:
             first = _images(next(iterator))
@@ -97,7 +99,7 @@ class CausalScorer:
         if example_inputs is None:
             example_inputs = first[:2]
         self.graph_ = build_channel_graph(observed, example_inputs)
-        stats = self._collect(observed, self.graph_, _chain(first, iterator))
+        stats, self.n_images_ = self._collect(observed, self.graph_, _chain(first, iterator), total)
         self.statistics_ = stats
         self.coef_ = {
             name: stats[name].solve(self.ridge, _blocks(c)).numpy() for name, c in self.graph_.consumers.items()
@@ -110,7 +112,10 @@ class CausalScorer:
         return self
 
     @torch.no_grad()
-    def _collect(self, observed: nn.Module, graph: ChannelGraph, batches: Iterable) -> dict[str, RegressionStatistics]:
+    def _collect(
+        self, observed: nn.Module, graph: ChannelGraph, batches: Iterable, total: int | None
+    ) -> tuple[dict[str, RegressionStatistics], int]:
+        """One pass over `batches`: every consumer's sums and cross-products, and the images seen."""
         stats = {name: RegressionStatistics(c.n_parents, c.n_children) for name, c in graph.consumers.items()}
         grid = self.pool_grid
 
@@ -126,18 +131,18 @@ class CausalScorer:
             return hook
 
         handles = [c.module.register_forward_hook(hook_for(c)) for c in graph.consumers.values()]
-        self.n_images_ = 0
+        n_images = 0
         try:
-            for i, batch in enumerate(progress(batches, desc="calibrating", unit="batch", total=self._total)):
+            for i, batch in enumerate(progress(batches, desc="calibrating", unit="batch", total=total)):
                 if self.max_batches is not None and i >= self.max_batches:
                     break
                 images = _images(batch)
                 observed(images)
-                self.n_images_ += len(images)
+                n_images += len(images)
         finally:
             for handle in handles:
                 handle.remove()
-        return stats
+        return stats, n_images
 
 
 def group_importances(graph: ChannelGraph, consumer_importances: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
