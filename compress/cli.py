@@ -157,12 +157,20 @@ def cli(debug: bool) -> None:
 @click.option("--threads", type=int, help="onnxruntime intra-op threads (default: one per available core).")
 @click.option("--latency-batch", default=32, show_default=True, type=int, help="Batch size timed besides batch 1.")
 @click.option("--latency-runs", default=50, show_default=True, type=int, help="Timed calls per variant and batch.")
+@click.option("--warmup", default=10, show_default=True, type=int, help="Untimed calls per variant before timing.")
+@click.option(
+    "--ship-criterion",
+    type=click.Choice(CRITERIA),
+    default="causal",
+    show_default=True,
+    help="Criterion whose variant becomes model.onnx.",
+)
 @click.option(
     "--accuracy-tolerance",
     default=1.0,
     show_default=True,
     type=float,
-    help="Ship the most pruned causal variant within this many top-1 points of the original.",
+    help="Ship the most pruned variant within this many top-1 points of the original.",
 )
 @click.option("--out", default="compress-output", show_default=True, help="Output directory.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import onnx
+
 from .criteria import CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
@@ -75,6 +77,10 @@ class RunConfig:
         _positive_int("latency_runs", self.latency_runs)
         _positive_int("warmup", self.warmup, minimum=0)
         _positive_int("opset", self.opset, minimum=13)
+        if self.opset > onnx.defs.onnx_opset_version():
+            raise ConfigError(
+                f"opset must be at most {onnx.defs.onnx_opset_version()} (this onnx's newest), got {self.opset}"
+            )
         for name in ("eval_size", "image_size", "threads", "round_to"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from .errors import DataError
 from .progress import progress
 
-# torchvision data sets reachable by name: class name, number of classes, has a train/test flag.
+# torchvision data sets reachable by name: torchvision class name, number of classes.
 TORCHVISION_DATASETS: dict[str, tuple[str, int]] = {
     "cifar10": ("CIFAR10", 10),
     "cifar100": ("CIFAR100", 100),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import time
 import warnings
@@ -58,6 +59,9 @@ def export_onnx(
     for name in order:
         try:
             _EXPORT[name](model, example, path, opset)
+            produced = _opset_of(path)
+            if produced != opset:  # the dynamo exporter cannot write opsets below its own
+                raise ExportError(f"it wrote opset {produced}, not the requested {opset}")
             break
         except Exception as exc:  # each exporter fails in its own ways; the next one may succeed
             failures.append(f"{name}: {_summarise(exc)}")
@@ -80,6 +84,11 @@ def export_onnx(
         seconds=time.perf_counter() - start,
         fallback_reason=failures[0] if failures else None,
     )
+
+
+def _opset_of(path: Path) -> int | None:
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -119,10 +128,15 @@ _EXPORT = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporters print progress and deprecation notes; keep the user's terminal clean."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """The exporters print progress, log tracebacks of what they recover from and warn about
+    deprecations; failures that matter reach us as exceptions, so keep the user's terminal clean."""
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -87,11 +87,12 @@ def write_report_md(report: dict[str, Any]) -> str:
 
     lines += ["", "## Size, speed and export parity", ""]
     lat_cols = [f"{p} b{b} median / p90 ms" for p in providers for b in batches]
-    head = ["variant", "params", "MACs", "MACs ratio", *lat_cols, f"speed-up b{batches[-1]}", "parity max abs"]
+    head = ["variant", "channels kept", "params", "MACs", "MACs ratio", *lat_cols, f"speed-up b{batches[-1]}"]
+    head.append("parity max abs")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = original["latency"].get(providers[0], {}).get(f"batch_{batches[-1]}", {}).get("median_ms")
     for v in variants:
-        cells = [v["name"], f"{v['params']:,}", f"{v['macs']:,}", f"{v['macs_ratio']:.3f}"]
+        cells = [v["name"], f"{v['channel_ratio']:.3f}", f"{v['params']:,}", f"{v['macs']:,}", f"{v['macs_ratio']:.3f}"]
         for p in providers:
             for b in batches:
                 t = v["latency"].get(p, {}).get(f"batch_{b}")

@@ -172,6 +172,8 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     model loads only with `trust_checkpoint`, because unpickling it runs code from the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"checkpoint {path} is a directory; pass the file of a saved state dict with --weights")
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path} (pass the path of a saved state dict with --weights)")
     if path.stat().st_size == 0:

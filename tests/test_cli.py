@@ -149,6 +149,8 @@ def test_torchvision_model_with_weights_and_image_folder(tmp_path):
         (["--random-seeds", "0"], "random_seeds must be an integer >= 1"),
         (["--image-size", "1"], "cannot take input of shape (1, 1, 1)"),
         (["--provider", "cuda"], "provider 'cuda' is not available"),
+        (["--opset", "99"], "opset must be at most"),
+        (["--mean", "0.5,0.5"], "mean/std have 2/1 values but the model takes 1 channels"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -195,3 +197,14 @@ def test_terminated_run_leaves_nothing_that_looks_complete(tmp_path):
     assert process.wait(timeout=60) == 130
     assert not out.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_every_config_field_has_a_flag_with_the_same_default():
+    import dataclasses
+
+    from compress.cli import run, run_config_from_args
+    from compress.config import RunConfig
+
+    flags = {p.name for p in run.params} - {"as_json", "quiet"}
+    assert flags == {f.name for f in dataclasses.fields(RunConfig)}
+    assert run_config_from_args([]) == RunConfig()

@@ -27,6 +27,13 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path, exporter):
         assert check_parity(session, model, x[:batch], tolerance=1e-4).max_abs_diff <= 1e-4
 
 
+def test_an_opset_the_dynamo_exporter_cannot_write_falls_back_to_torchscript(tmp_path):
+    result = export_onnx(randomise_batchnorm(DigitsCNN()), torch.randn(2, 1, 8, 8), tmp_path / "m.onnx", opset=17)
+    assert (result.exporter, result.opset) == ("torchscript", 17)
+    assert "not the requested 17" in result.fallback_reason
+    assert onnx.load(str(result.path)).opset_import[0].version == 17
+
+
 def test_parity_over_tolerance_is_an_error(tmp_path):
     model = randomise_batchnorm(DigitsCNN())
     x = torch.randn(4, 1, 8, 8)

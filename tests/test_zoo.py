@@ -32,6 +32,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     spec = get_spec("digits-cnn")
     with pytest.raises(ModelError, match="not found"):
         load_model(spec, tmp_path / "missing.pt")
+    with pytest.raises(ModelError, match="is a directory"):
+        load_model(spec, tmp_path)
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(ModelError, match="empty"):
         load_model(spec, tmp_path / "empty.pt")
