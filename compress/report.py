@@ -128,6 +128,9 @@ def write_report_md(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+COLOURS = {"causal": "tab:red", "l1": "tab:blue", "random": "tab:gray"}
+
+
 def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path) -> None:
     """Accuracy vs ratio per criterion, and latency vs ratio per criterion and batch size."""
     import matplotlib
@@ -135,16 +138,24 @@ def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, criteria = report["summary"], report["config"]["criteria"]
-    original = report["variants"][0]
-    colours = {"causal": "tab:red", "l1": "tab:blue", "random": "tab:gray"}
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _plot_accuracy(ax, report)
+    _save(fig, accuracy_path)
+
+    batches = report["benchmark"]["latency_batches"]
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.0 * len(batches), 3.8), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        _plot_latency(ax, report, batch)
+    _save(fig, latency_path)
+
+
+def _plot_accuracy(ax, report: dict[str, Any]) -> None:
+    summary = report["summary"]
     ratios = [row["ratio"] for row in summary]
-    for criterion in criteria:
+    for criterion in report["config"]["criteria"]:
         after = [row[criterion]["top1"] for row in summary if criterion in row]
         before = [row[criterion]["top1_before_recovery"] for row in summary if criterion in row]
-        colour = colours.get(criterion)
+        colour = COLOURS.get(criterion)
         ax.errorbar(
             ratios,
             [s["mean"] for s in after],
@@ -154,52 +165,42 @@ def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path)
             capsize=3,
             label=f"{criterion} (BN re-estimated)",
         )
-        ax.plot(
-            ratios,
-            [s["mean"] for s in before],
-            linestyle="--",
-            marker=".",
-            color=colour,
-            alpha=0.6,
-            label=f"{criterion} (before)",
-        )
-    ax.axhline(original["accuracy"]["top1"], color="black", linewidth=0.8, label="original")
-    ax.set_xlabel("pruning ratio (fraction of channels removed per group)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{report['model']['name']}: accuracy vs pruning ratio")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(accuracy_path, dpi=110)
-    plt.close(fig)
+        ax.plot(ratios, [s["mean"] for s in before], "--.", color=colour, alpha=0.6, label=f"{criterion} (before)")
+    ax.axhline(report["variants"][0]["accuracy"]["top1"], color="black", linewidth=0.8, label="original")
+    _style(
+        ax,
+        "pruning ratio (fraction of channels removed per group)",
+        "top-1 accuracy (%)",
+        f"{report['model']['name']}: accuracy vs pruning ratio",
+    )
 
-    provider = report["benchmark"]["providers"][0]
-    batches = report["benchmark"]["latency_batches"]
-    fig, axes = plt.subplots(1, len(batches), figsize=(5.0 * len(batches), 3.8), squeeze=False)
-    for ax, batch in zip(axes[0], batches, strict=True):
-        key = f"batch_{batch}"
-        for criterion in criteria:
-            points = sorted(
-                (v["ratio"], v["latency"][provider][key]["median_ms"])
-                for v in report["variants"]
-                if v["criterion"] == criterion
-            )
-            by_ratio: dict[float, list[float]] = {}
-            for r, t in points:
-                by_ratio.setdefault(r, []).append(t)
-            ax.plot(
-                list(by_ratio),
-                [float(np.median(ts)) for ts in by_ratio.values()],
-                marker="o",
-                color=colours.get(criterion),
-                label=criterion,
-            )
-        ax.axhline(original["latency"][provider][key]["median_ms"], color="black", linewidth=0.8, label="original")
-        ax.set_xlabel("pruning ratio")
-        ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"{provider}, batch {batch}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+
+def _plot_latency(ax, report: dict[str, Any], batch: int) -> None:
+    provider, key = report["benchmark"]["providers"][0], f"batch_{batch}"
+    for criterion in report["config"]["criteria"]:
+        by_ratio: dict[float, list[float]] = {}
+        for v in report["variants"]:
+            if v["criterion"] == criterion:
+                by_ratio.setdefault(v["ratio"], []).append(v["latency"][provider][key]["median_ms"])
+        ratios = sorted(by_ratio)
+        medians = [float(np.median(by_ratio[r])) for r in ratios]
+        ax.plot(ratios, medians, marker="o", color=COLOURS.get(criterion), label=criterion)
+    original = report["variants"][0]["latency"][provider][key]["median_ms"]
+    ax.axhline(original, color="black", linewidth=0.8, label="original")
+    _style(ax, "pruning ratio", "median latency (ms)", f"{provider}, batch {batch}")
+
+
+def _style(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(latency_path, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
