@@ -61,7 +61,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def sha256(path: Path) -> str:
+def sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

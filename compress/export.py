@@ -59,7 +59,8 @@ def export_onnx(
     for name in order:
         try:
             _EXPORT[name](model, example, path, opset)
-            produced = _opset_of(path)
+            proto = onnx.load(str(path))
+            produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
             if produced != opset:  # the dynamo exporter cannot write opsets below its own
                 raise ExportError(f"it wrote opset {produced}, not the requested {opset}")
             break
@@ -71,7 +72,6 @@ def export_onnx(
         what = f"unsupported operator {', '.join(operators)}; " if operators else ""
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {what}{'; '.join(failures)}")
     try:
-        proto = onnx.load(str(path))
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ExportError(f"exported file {path} fails onnx.checker: {_summarise(exc)}") from exc
@@ -84,11 +84,6 @@ def export_onnx(
         seconds=time.perf_counter() - start,
         fallback_reason=failures[0] if failures else None,
     )
-
-
-def _opset_of(path: Path) -> int | None:
-    proto = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:

@@ -87,8 +87,16 @@ def write_report_md(report: dict[str, Any]) -> str:
 
     lines += ["", "## Size, speed and export parity", ""]
     lat_cols = [f"{p} b{b} median / p90 ms" for p in providers for b in batches]
-    head = ["variant", "channels kept", "params", "MACs", "MACs ratio", *lat_cols, f"speed-up b{batches[-1]}"]
-    head.append("parity max abs")
+    head = [
+        "variant",
+        "channels kept",
+        "params",
+        "MACs",
+        "MACs ratio",
+        *lat_cols,
+        f"speed-up b{batches[-1]}",
+        "parity max abs",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = original["latency"].get(providers[0], {}).get(f"batch_{batches[-1]}", {}).get("median_ms")
     for v in variants:

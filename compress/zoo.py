@@ -7,7 +7,6 @@ a checkpoint with `weights_only=True` unless the caller trusts the file.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -19,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .artifacts import sha256
 from .errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,14 +153,6 @@ def get_spec(name: str) -> ModelSpec:
     raise ModelError(f"unknown model {name!r}{hint} (`compress models` lists the names)")
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
 
@@ -275,7 +267,7 @@ def load_model(
     state = read_state_dict(path, trust_checkpoint=trust_checkpoint)
     _check_class_count(model, state, num_classes, str(path))
     load_state_dict_checked(model, state, str(path))
-    return LoadedModel(model.eval(), spec, num_classes, str(path), sha256_file(path))
+    return LoadedModel(model.eval(), spec, num_classes, str(path), sha256(path))
 
 
 def _check_class_count(model: nn.Module, state: Mapping[str, torch.Tensor], num_classes: int, source: str) -> None:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compress.artifacts import sha256
 from compress.data import digits_arrays, normalize
 from compress.evaluation import accuracy
-from compress.zoo import DIGITS_MEAN, DIGITS_STD, MODELS_DIR, DigitsCNN, sha256_file
+from compress.zoo import DIGITS_MEAN, DIGITS_STD, MODELS_DIR, DigitsCNN
 
 RECIPE = {
     "epochs": 40,
@@ -127,7 +128,7 @@ def main() -> None:
         args.out,
     )
     card = CARD.format(
-        sha256=sha256_file(args.out),
+        sha256=sha256(args.out),
         params=sum(p.numel() for p in model.parameters()),
         mean=DIGITS_MEAN,
         std=DIGITS_STD,
