@@ -13,9 +13,21 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
     __version__ = "0.0.0+unknown"
 
 from .benchmark import LatencySettings, make_session, measure_latency, onnx_accuracy
+from .causal.explainer import CausalCNNExplainer
+from .causal.intervention import InterventionScorer
+from .causal.reference import ReferenceCausalScorer
 from .causal.scorer import CausalScorer
+from .cifar_resnet import CifarResNet
 from .config import RunConfig
-from .criteria import CausalImportance, SeededRandomImportance, l1_importance
+from .criteria import (
+    CRITERIA,
+    CausalImportance,
+    LayerScoreImportance,
+    SeededRandomImportance,
+    importance_factory,
+    l1_importance,
+    make_scorer,
+)
 from .data import DataSplits, load_data
 from .errors import CompressError
 from .evaluation import evaluate
@@ -27,12 +39,18 @@ from .serialization import load_pruned
 from .zoo import available_models, get_spec, load_model
 
 __all__ = [
+    "CRITERIA",
+    "CausalCNNExplainer",
     "CausalImportance",
     "CausalScorer",
+    "CifarResNet",
     "CompressError",
     "DataSplits",
+    "InterventionScorer",
     "LatencySettings",
+    "LayerScoreImportance",
     "PruneResult",
+    "ReferenceCausalScorer",
     "RunConfig",
     "SeededRandomImportance",
     "__version__",
@@ -41,10 +59,12 @@ __all__ = [
     "evaluate",
     "export_onnx",
     "get_spec",
+    "importance_factory",
     "l1_importance",
     "load_data",
     "load_model",
     "load_pruned",
+    "make_scorer",
     "make_session",
     "measure_latency",
     "onnx_accuracy",

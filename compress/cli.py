@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .config import DEFAULT_RATIOS, RunConfig
-from .criteria import CRITERIA
+from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
 from .errors import CompressError, CompressWarning
 from .export import EXPORTERS
 
@@ -58,43 +58,55 @@ def cli(debug: bool) -> None:
     _state["debug"] = debug
 
 
+def _model_and_data_options(command):
+    """The options that say which model to load and on which data: shared by `run` and `explain`."""
+    for option in reversed(_MODEL_AND_DATA_OPTIONS):
+        command = option(command)
+    return command
+
+
+_MODEL_AND_DATA_OPTIONS = [
+    click.option(
+        "--model",
+        default="digits-cnn",
+        show_default=True,
+        help="Architecture: a compress name or any torchvision classification model (see `compress models`).",
+    ),
+    click.option(
+        "--weights",
+        help="Checkpoint (state dict) to load; for torchvision models also a weights name "
+        "such as DEFAULT (downloaded by torchvision).",
+    ),
+    click.option(
+        "--trust-checkpoint", is_flag=True, help="Allow a checkpoint holding pickled objects (runs code from the file)."
+    ),
+    click.option(
+        "--data",
+        default="digits",
+        show_default=True,
+        help="'digits', a torchvision data set name (cifar10, cifar100, mnist, fashion-mnist, kmnist), "
+        "or an image-folder directory (with train/ and test/ sub-folders, or one class tree to split).",
+    ),
+    click.option("--data-root", help="Where a torchvision data set lives (default ./data)."),
+    click.option("--download", is_flag=True, help="Let torchvision download the data set into --data-root."),
+    click.option("--image-size", type=click.IntRange(min=1), help="Resize images to this size (default: the model's)."),
+    click.option("--mean", type=_CommaList(float), help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406."),
+    click.option("--std", type=_CommaList(float), help="Per-channel normalisation std."),
+    click.option(
+        "--calibration-size",
+        default=2000,
+        show_default=True,
+        type=int,
+        help="Calibration images (scoring and batch-norm re-estimation).",
+    ),
+    click.option("--eval-size", type=int, help="Evaluate on this many images (default: the whole evaluation split)."),
+    click.option("--batch-size", default=128, show_default=True, type=int),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of data subsets and random baselines."),
+]
+
+
 @cli.command()
-@click.option(
-    "--model",
-    default="digits-cnn",
-    show_default=True,
-    help="Architecture: a compress name or any torchvision classification model (see `compress models`).",
-)
-@click.option(
-    "--weights",
-    help="Checkpoint (state dict) to load; for torchvision models also a weights name "
-    "such as DEFAULT (downloaded by torchvision).",
-)
-@click.option(
-    "--trust-checkpoint", is_flag=True, help="Allow a checkpoint holding pickled objects (runs code from the file)."
-)
-@click.option(
-    "--data",
-    default="digits",
-    show_default=True,
-    help="'digits', a torchvision data set name (cifar10, cifar100, mnist, fashion-mnist, kmnist), "
-    "or an image-folder directory (with train/ and test/ sub-folders, or one class tree to split).",
-)
-@click.option("--data-root", help="Where a torchvision data set lives (default ./data).")
-@click.option("--download", is_flag=True, help="Let torchvision download the data set into --data-root.")
-@click.option("--image-size", type=click.IntRange(min=1), help="Resize images to this size (default: the model's).")
-@click.option("--mean", type=_CommaList(float), help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406.")
-@click.option("--std", type=_CommaList(float), help="Per-channel normalisation std.")
-@click.option(
-    "--calibration-size",
-    default=2000,
-    show_default=True,
-    type=int,
-    help="Calibration images (scoring and batch-norm re-estimation).",
-)
-@click.option("--eval-size", type=int, help="Evaluate on this many images (default: the whole evaluation split).")
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of data subsets and random baselines.")
+@_model_and_data_options
 @click.option(
     "--ratios",
     type=_CommaList(float),
@@ -105,9 +117,9 @@ def cli(debug: bool) -> None:
 @click.option(
     "--criteria",
     type=_CommaList(str, CRITERIA),
-    default=",".join(CRITERIA),
+    default=",".join(DEFAULT_CRITERIA),
     show_default=True,
-    help="Criteria to prune with, side by side.",
+    help=f"Criteria to prune with, side by side; any of {', '.join(CRITERIA)}.",
 )
 @click.option("--random-seeds", default=3, show_default=True, type=int, help="Seeds of the random baseline.")
 @click.option("--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations.")
@@ -117,6 +129,13 @@ def cli(debug: bool) -> None:
     show_default=True,
     type=int,
     help="Pool activations over a GxG grid per image (1: global average).",
+)
+@click.option(
+    "--intervention-images",
+    default=128,
+    show_default=True,
+    type=int,
+    help="Calibration images the intervention criterion measures each do(channel = 0) on.",
 )
 @click.option(
     "--round-to",
@@ -190,6 +209,56 @@ def run(as_json: bool, quiet: bool, providers: tuple[str, ...], **options) -> No
         click.echo(json.dumps(_summary(report), indent=2))
     elif not quiet:
         click.echo(_text_summary(report))
+
+
+@cli.command()
+@_model_and_data_options
+@click.option(
+    "--criterion",
+    type=click.Choice(SCORED_CRITERIA),
+    default="causal",
+    show_default=True,
+    help="How filters are scored: causal, the seed's literal method, or measured interventions.",
+)
+@click.option("--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations.")
+@click.option("--pool-grid", default=1, show_default=True, type=int, help="Pool activations over a GxG grid.")
+@click.option("--tsne-layer", type=int, help="Conv layer index of the t-SNE picture (default: the last conv layer).")
+@click.option(
+    "--filters",
+    "n_filters",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="First-layer filters drawn.",
+)
+@click.option("--image-index", default=0, show_default=True, type=int, help="Evaluation image under the heatmap.")
+@click.option("--out", default="compress-explain", show_default=True, help="Output directory.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation summary as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+def explain(
+    as_json: bool, quiet: bool, criterion: str, tsne_layer: int | None, n_filters: int, image_index: int, **options
+) -> None:
+    """Score every filter and draw the four pictures: heatmap on an input, first-layer filters,
+    importance distribution per layer, t-SNE of a layer's filters.
+
+    Writes plots/*.png, importances.npz, explanation.json and manifest.json to --out.
+    """
+    from .explain import explain as run_explain
+
+    _configure_output(quiet or as_json)
+    summary = run_explain(
+        RunConfig(**options), criterion=criterion, tsne_layer=tsne_layer, n_filters=n_filters, image_index=image_index
+    )
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
+    elif not quiet:
+        for layer in summary["layers"]:
+            click.echo(
+                f"{layer['index']:3d} {layer['name']:28s} {layer['filters']:4d} filters, "
+                f"importance median {layer['median']:.3g} (max {layer['max']:.3g})"
+            )
+        click.echo(f"pictures and importances in {summary['output_dir']}")
 
 
 def run_config_from_args(args: list[str]) -> RunConfig:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
-from .criteria import CRITERIA
+from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
 
@@ -33,10 +33,11 @@ class RunConfig:
     seed: int = 0
     # scoring and pruning
     ratios: tuple[float, ...] = DEFAULT_RATIOS
-    criteria: tuple[str, ...] = CRITERIA
+    criteria: tuple[str, ...] = DEFAULT_CRITERIA
     random_seeds: int = 3
     ridge: float = 1e-2
     pool_grid: int = 1
+    intervention_images: int = 128
     round_to: int | None = 4  # kept channels a multiple of 4: odd counts ran 2.7x slower (BENCHMARKS.md)
     recalibrate: bool = True
     # export and benchmark
@@ -73,6 +74,7 @@ class RunConfig:
         _positive_int("calibration_size", self.calibration_size, minimum=2)
         _positive_int("batch_size", self.batch_size)
         _positive_int("pool_grid", self.pool_grid)
+        _positive_int("intervention_images", self.intervention_images)
         _positive_int("latency_batch", self.latency_batch)
         _positive_int("latency_runs", self.latency_runs)
         _positive_int("warmup", self.warmup, minimum=0)

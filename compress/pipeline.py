@@ -17,15 +17,14 @@ import torch.nn as nn
 from . import __version__
 from .artifacts import OutputDir, disk_errors, environment
 from .benchmark import LatencySettings, available_providers, make_session, measure_latency, onnx_accuracy
-from .causal.scorer import CausalScorer
 from .config import RunConfig
-from .criteria import CausalImportance, SeededRandomImportance, l1_importance
+from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
 from .data import DataSplits, load_data, make_loader
 from .errors import ConfigError, DataError, ModelError
 from .evaluation import evaluate
 from .export import check_parity, export_onnx
 from .progress import progress
-from .pruning import ImportanceFactory, count_macs_params, layer_widths, output_layer_names, prune
+from .pruning import count_macs_params, layer_widths, output_layer_names, prune
 from .recovery import recalibrate_batchnorm
 from .report import summarise_by_ratio, write_plots, write_report_md
 from .serialization import save_importances, save_pruned
@@ -82,26 +81,17 @@ def plan_variants(config: RunConfig) -> list[PlannedVariant]:
     return plan
 
 
-def importance_factory(variant: PlannedVariant, scorer: CausalScorer | None) -> ImportanceFactory:
-    if variant.criterion == "causal":
-        assert scorer is not None
-        return lambda model: CausalImportance(scorer.consumer_importances_, model)
-    if variant.criterion == "l1":
-        return lambda model: l1_importance()
-    return lambda model: SeededRandomImportance(variant.seed)
-
-
 def run(config: RunConfig) -> dict[str, Any]:
     """Run the whole pipeline; the results land in `config.out` only if every stage succeeded."""
     config.validate()
     with OutputDir(config.out, force=config.force) as out:
         torch.manual_seed(config.seed)
-        inputs = _load(config)
-        scorer = _score(config, inputs)
-        variants = _build_variants(config, inputs, scorer, out)
+        inputs = load_inputs(config)
+        scorers = _score(config, inputs)
+        variants = _build_variants(config, inputs, scorers, out)
         settings, batches = _measure_latency(config, inputs, variants, out)
-        report = _assemble_report(config, inputs, scorer, variants, settings, batches)
-        _write_outputs(out, report, variants, scorer, inputs)
+        report = _assemble_report(config, inputs, scorers, variants, settings, batches)
+        _write_outputs(out, report, variants, scorers, inputs)
         out.write_manifest(
             {
                 "schema": "compress.manifest/1",
@@ -116,7 +106,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     return report
 
 
-def _load(config: RunConfig) -> _Inputs:
+def load_inputs(config: RunConfig) -> _Inputs:
+    """Load the data and the model of `config`, check they fit, and find the layers never pruned."""
     spec = get_spec(config.model)
     channels, height, width = spec.input_size
     if config.image_size is not None:
@@ -154,21 +145,22 @@ def _load(config: RunConfig) -> _Inputs:
     )
 
 
-def _score(config: RunConfig, inputs: _Inputs) -> CausalScorer | None:
-    if "causal" not in config.criteria:
-        return None
-    calibration = inputs.splits.loader("calibration", config.batch_size)
-    scorer = CausalScorer(ridge=config.ridge, pool_grid=config.pool_grid).fit(inputs.model, calibration, inputs.example)
-    log.info(
-        "causal scores: %d consumer layers, %d groups, %.1f s",
-        len(scorer.graph_.consumers),
-        len(scorer.importances_),
-        scorer.fit_seconds_,
-    )
-    return scorer
+def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
+    """Fit a scorer for every data-driven criterion of the run, on the calibration images."""
+    scorers = {}
+    for criterion in config.criteria:
+        if criterion not in SCORED_CRITERIA:
+            continue
+        calibration = inputs.splits.loader("calibration", config.batch_size)
+        scorer = make_scorer(
+            criterion, ridge=config.ridge, pool_grid=config.pool_grid, intervention_images=config.intervention_images
+        )
+        scorers[criterion] = scorer.fit(inputs.model, calibration, inputs.example)
+        log.info("%s scores: %d groups, %.1f s", criterion, len(scorer.importances_), scorer.fit_seconds_)
+    return scorers
 
 
-def _build_variants(config: RunConfig, inputs: _Inputs, scorer: CausalScorer | None, out: OutputDir) -> _Variants:
+def _build_variants(config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer], out: OutputDir) -> _Variants:
     """The original and every planned variant: pruned, recovered, exported, checked and evaluated."""
     calibration = inputs.splits.loader("calibration", config.batch_size)
     evaluation = inputs.splits.loader("evaluation", config.batch_size)
@@ -182,7 +174,7 @@ def _build_variants(config: RunConfig, inputs: _Inputs, scorer: CausalScorer | N
     for planned in progress(plan_variants(config), desc="variants", unit="variant"):
         pruned = prune(
             inputs.model,
-            importance_factory(planned, scorer),
+            importance_factory(planned.criterion, scorers.get(planned.criterion), planned.seed or 0),
             planned.ratio,
             inputs.example,
             protected=inputs.protected,
@@ -276,7 +268,7 @@ def _measure_latency(
 def _assemble_report(
     config: RunConfig,
     inputs: _Inputs,
-    scorer: CausalScorer | None,
+    scorers: dict[str, Scorer],
     variants: _Variants,
     settings: LatencySettings,
     batches: list[int],
@@ -304,17 +296,7 @@ def _assemble_report(
             "mean": list(splits.mean),
             "std": list(splits.std),
         },
-        "scoring": None
-        if scorer is None
-        else {
-            "criterion": "causal",
-            "ridge": config.ridge,
-            "pool_grid": config.pool_grid,
-            "calibration_images": scorer.n_images_,
-            "consumer_layers": len(scorer.graph_.consumers),
-            "groups": {root: len(v) for root, v in scorer.importances_.items()},
-            "seconds": round(scorer.fit_seconds_, 3),
-        },
+        "scoring": {criterion: _scoring_record(criterion, s, config) for criterion, s in scorers.items()},
         "benchmark": {
             "providers": inputs.providers,
             "threads": int(session.get_session_options().intra_op_num_threads),
@@ -335,6 +317,17 @@ def _assemble_report(
         "summary": summarise_by_ratio(records, config.criteria),
         "chosen": choose_variant(records, config),
     }
+
+
+def _scoring_record(criterion: str, scorer: Scorer, config: RunConfig) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "calibration_images": scorer.n_images_,
+        "groups": {root: len(v) for root, v in scorer.importances_.items()},
+        "seconds": round(scorer.fit_seconds_, 3),
+    }
+    if criterion == "causal":
+        record.update(ridge=config.ridge, pool_grid=config.pool_grid, consumer_layers=len(scorer.graph_.consumers))
+    return record
 
 
 def _check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
@@ -409,7 +402,7 @@ def choose_variant(variants: list[dict[str, Any]], config: RunConfig) -> dict[st
 
 
 def _write_outputs(
-    out: OutputDir, report: dict[str, Any], variants: _Variants, scorer: CausalScorer | None, inputs: _Inputs
+    out: OutputDir, report: dict[str, Any], variants: _Variants, scorers: dict[str, Scorer], inputs: _Inputs
 ) -> None:
     chosen = report["chosen"]["variant"]
     record = next(v for v in report["variants"] if v["name"] == chosen)
@@ -428,14 +421,14 @@ def _write_outputs(
         splits.std,
         record,
     )
-    if scorer is not None:
-        save_importances(out.path("importances.npz"), scorer)
+    if scorers:
+        save_importances(out.path("importances.npz"), scorers)
     report["files"] = {
         "model": "model.onnx",
         "pruned": "pruned.pt",
         "report": "report.json",
         "summary": "report.md",
-        "importances": "importances.npz" if scorer is not None else None,
+        "importances": "importances.npz" if scorers else None,
         "plots": ["plots/accuracy.png", "plots/latency.png"],
         "manifest": "manifest.json",
     }

@@ -23,3 +23,9 @@ def progress(iterable: Iterable[T], **kwargs) -> Iterator[T]:
     """`tqdm(iterable)`, disabled when stderr is not a terminal or output is quiet."""
     disable = _quiet or not sys.stderr.isatty()
     return iter(tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs))
+
+
+def progress_bar(total: int, **kwargs) -> tqdm:
+    """A manual `tqdm` bar (call `.update(n)`), disabled like `progress`."""
+    disable = _quiet or not sys.stderr.isatty()
+    return tqdm(total=total, disable=disable, leave=False, dynamic_ncols=True, **kwargs)

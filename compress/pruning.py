@@ -22,6 +22,7 @@ import torch_pruning as tp
 from .causal.graph import CONSUMER_HANDLERS, build_dependency_graph, find_output_layers
 from .errors import CompressWarning, PruningError
 
+# Builds, for the model copy being pruned, the torch-pruning Importance that ranks its channels.
 ImportanceFactory = Callable[[nn.Module], tp.importance.Importance]
 
 # Pruned and masked-reference logits may differ by float rounding only (sums over fewer terms).

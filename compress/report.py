@@ -125,18 +125,20 @@ def write_report_md(report: dict[str, Any]) -> str:
         f"{bench['rounds']} interleaved rounds",
         f"- parity: ONNX vs PyTorch logits on {bench['parity_images']} evaluation images",
     ]
-    if report.get("scoring"):
-        s = report["scoring"]
-        lines.append(
-            f"- causal scoring: ridge {s['ridge']:g}, pool grid {s['pool_grid']}, {s['calibration_images']} "
-            f"calibration images, {s['consumer_layers']} consumer layers, {s['seconds']:.2f} s"
-        )
+    for criterion, s in (report.get("scoring") or {}).items():
+        lines.append(f"- {criterion} scoring: {s['calibration_images']} calibration images, {s['seconds']:.2f} s")
     versions = report["environment"]["versions"]
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     return "\n".join(lines) + "\n"
 
 
-COLOURS = {"causal": "tab:red", "l1": "tab:blue", "random": "tab:gray"}
+COLOURS = {
+    "causal": "tab:red",
+    "causal-reference": "tab:orange",
+    "intervention": "tab:green",
+    "l1": "tab:blue",
+    "random": "tab:gray",
+}
 
 
 def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path) -> None:

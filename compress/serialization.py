@@ -74,11 +74,16 @@ def load_pruned(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def save_importances(path: Path, scorer) -> None:
-    """Per-group channel importances ("group:<root layer>") and per-consumer input importances
-    ("consumer:<layer>") of a fitted CausalScorer."""
-    arrays = {f"group:{k}": v for k, v in scorer.importances_.items()}
-    arrays.update({f"consumer:{k}": v for k, v in scorer.consumer_importances_.items()})
+def save_importances(path: Path, scorers: Mapping[str, Any]) -> None:
+    """The importances of fitted scorers, by criterion: "<criterion>/group:<root layer>" (per group
+    channel), "<criterion>/layer:<layer>" (per output filter) and, for causal,
+    "causal/consumer:<layer>" (per input feature of each consumer)."""
+    arrays = {}
+    for criterion, scorer in scorers.items():
+        arrays.update({f"{criterion}/group:{k}": v for k, v in scorer.importances_.items()})
+        arrays.update({f"{criterion}/layer:{k}": v for k, v in scorer.layer_importances_.items()})
+        for k, v in getattr(scorer, "consumer_importances_", {}).items():
+            arrays[f"{criterion}/consumer:{k}"] = v
     save_npz_deterministic(path, arrays)
 
 

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import sha256
+from .cifar_resnet import DEPTHS as CIFAR_RESNET_DEPTHS
+from .cifar_resnet import CifarResNet
 from .errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,6 +110,27 @@ register_model(
         description="4-conv CNN for scikit-learn's 8x8 digits (the embedded default)",
     )
 )
+
+
+def _register_cifar_resnets() -> None:
+    # Option A is the paper's CIFAR variant and the one the community checkpoints use.
+    for depth in CIFAR_RESNET_DEPTHS:
+        for shortcut, suffix in (("A", ""), ("B", "_b")):
+            register_model(
+                ModelSpec(
+                    name=f"cifar_resnet{depth}{suffix}",
+                    build=lambda num_classes, d=depth, s=shortcut: CifarResNet(d, num_classes, s),
+                    input_size=(3, 32, 32),
+                    # The community checkpoints were trained with ImageNet statistics; override with
+                    # --mean/--std for weights trained otherwise.
+                    mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD,
+                    description=f"ResNet-{depth} for 32x32 CIFAR images, option-{shortcut} shortcuts",
+                )
+            )
+
+
+_register_cifar_resnets()
 
 
 def _torchvision_names() -> list[str]:
@@ -210,6 +233,11 @@ def _first_line(exc: BaseException) -> str:
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """`model.load_state_dict(strict=True)` with an error that names what does not fit."""
     expected = model.state_dict()
+    # Checkpoints from PyTorch < 0.4.1 predate batch norm's step counter; eval mode never reads it.
+    state = dict(state)
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [

@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchmark_tables import T_975, replace_section
 
 from compress.cli import run_config_from_args
 from compress.pipeline import run
 from compress.progress import set_quiet
-
-T_975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def _interval(stats: dict) -> str:
@@ -123,19 +122,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        _replace_section(args.write, f"### {model['name']} on {report['data']['source']}", text)
-
-
-def _replace_section(path: Path, heading: str, text: str) -> None:
-    """Replace the section starting at `heading` (up to the next heading of that level) or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(heading)
-    if start < 0:
-        new = old.rstrip() + "\n\n" + text
-    else:
-        end = old.find("\n### ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new)
+        replace_section(args.write, f"### {model['name']} on {report['data']['source']}", text)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,21 @@ def test_every_config_field_has_a_flag_with_the_same_default():
     flags = {p.name for p in run.params} - {"as_json", "quiet"}
     assert flags == {f.name for f in dataclasses.fields(RunConfig)}
     assert run_config_from_args([]) == RunConfig()
+
+
+def test_explain_writes_the_four_pictures_and_importances(tmp_path, capsys):
+    out = tmp_path / "explained"
+    code = main(
+        ["explain", "--out", str(out), "--criterion", "causal-reference", "--calibration-size", "300", "--json"]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["criterion"] == "causal-reference"
+    assert [layer["name"] for layer in summary["layers"]] == ["conv1", "conv2", "conv3", "conv4"]
+    for picture in summary["pictures"].values():
+        assert (out / picture).read_bytes().startswith(b"\x89PNG")
+    with np.load(out / "importances.npz") as scores:
+        assert scores["causal-reference/layer:conv1"].shape == (32,)
+    assert main(["explain", "--out", str(out), "--quiet"]) == 2  # exists, no --force
+    code = main(["explain", "--out", str(tmp_path / "never"), "--tsne-layer", "9", "--quiet"])
+    assert code == 2 and "t-SNE layer index 9 is outside the model's 4 conv layers" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -75,3 +75,17 @@ def test_registry_resolves_torchvision_and_suggests_names():
         get_spec("resnet181")
     with pytest.raises(ModelError, match="--weights"):
         load_model(spec, None)
+
+
+def test_cifar_resnet_loads_community_checkpoint_layout(tmp_path):
+    from compress.cifar_resnet import CifarResNet
+
+    # As saved by nn.DataParallel on an old PyTorch: "module." prefixes, no num_batches_tracked.
+    state = {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items() if "num_batches" not in k}
+    path = _save(tmp_path / "resnet20.th", {"state_dict": state, "best_prec1": 91.7})
+    loaded = load_model(get_spec("cifar_resnet20"), path, num_classes=10)
+    assert loaded.model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    option_b = {f"module.{k}": v for k, v in CifarResNet(20, shortcut="B").state_dict().items()}
+    with pytest.raises(ModelError, match=r"unexpected keys \[layer2.0.shortcut.0.weight"):
+        load_model(get_spec("cifar_resnet20"), _save(tmp_path / "b.th", {"state_dict": option_b}), num_classes=10)
+    assert load_model(get_spec("cifar_resnet20_b"), tmp_path / "b.th", num_classes=10).model is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -46,6 +47,9 @@ class GroupLinks:
     channels: int
     # (consumer name, consumer input indices, the group channel of each of those indices)
     links: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
+    # (producer name, its output channel indices, the group channel of each): the conv and linear
+    # layers whose filters are removed with the group
+    producers: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class ChannelGraph:
     consumers: dict[str, Consumer]
     groups: list[GroupLinks]
     output_layers: list[str]
+    widths: dict[str, int] = field(default_factory=dict)  # output channels of every conv and linear layer
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -69,6 +74,43 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp
 
 def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def is_producer(item) -> bool:
+    """A group item that removes output filters of a conv or linear layer."""
+    handler = getattr(item.dep.handler, "__name__", "")
+    return handler == "prune_out_channels" and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
+
+
+def layer_scores_from_groups(graph: ChannelGraph, group_scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Give every producing layer's output filters the score of the group channel they belong to."""
+    result: dict[str, np.ndarray] = {}
+    for group in graph.groups:
+        scores = group_scores.get(group.root)
+        if scores is None:
+            continue
+        for name, idxs, root_idxs in group.producers:
+            layer = result.setdefault(name, np.zeros(_width(graph, name, idxs)))
+            layer[idxs] = scores[root_idxs]
+    return result
+
+
+def group_scores_from_layers(graph: ChannelGraph, layer_scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A group channel's score is the mean score of the filters removed with it (layers scored only)."""
+    result: dict[str, np.ndarray] = {}
+    for group in graph.groups:
+        total, count = np.zeros(group.channels), np.zeros(group.channels)
+        for name, idxs, root_idxs in group.producers:
+            if name in layer_scores:
+                np.add.at(total, root_idxs, layer_scores[name][idxs])
+                np.add.at(count, root_idxs, 1.0)
+        if count.any():
+            result[group.root] = total / np.maximum(count, 1.0)
+    return result
+
+
+def _width(graph: ChannelGraph, name: str, idxs: list[int]) -> int:
+    return graph.widths.get(name, max(idxs) + 1)
 
 
 def find_output_layers(graph: tp.DependencyGraph) -> list[str]:
@@ -118,10 +160,12 @@ def build_channel_graph(model: nn.Module, example_inputs: torch.Tensor) -> Chann
         links = GroupLinks(root=names[root], channels=len(group[0].idxs))
         for item in group:
             module = item.dep.target.module
-            if item.dep.handler not in CONSUMER_HANDLERS or is_depthwise(module):
-                continue
             idxs, root_idxs = list(item.idxs), list(item.root_idxs)
             if any(r is None for r in root_idxs):
+                continue
+            if is_producer(item):
+                links.producers.append((names[module], idxs, root_idxs))
+            if item.dep.handler not in CONSUMER_HANDLERS or is_depthwise(module):
                 continue
             name = names[module]
             per_channel = max(1, len(idxs) // max(1, len(set(root_idxs))))
@@ -142,4 +186,9 @@ def build_channel_graph(model: nn.Module, example_inputs: torch.Tensor) -> Chann
                 consumer.features_per_channel = 1  # inconsistent evidence: regress on raw features
             links.links.append((name, idxs, root_idxs))
         groups.append(links)
-    return ChannelGraph(consumers, groups, output_layers)
+    widths = {
+        n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+    return ChannelGraph(consumers, groups, output_layers, widths)

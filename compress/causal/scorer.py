@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..progress import progress
-from .graph import ChannelGraph, Consumer, build_channel_graph
+from .calibration import open_batches
+from .graph import ChannelGraph, Consumer, build_channel_graph, layer_scores_from_groups
 from .statistics import RegressionStatistics
 
 
@@ -62,6 +63,7 @@ class CausalScorer:
     coef_: dict consumer name -> (parents, children) standardised coefficients
     consumer_importances_: dict consumer name -> per-input-feature importance (sum of |beta|)
     importances_: dict pruning-group root name -> per-channel importance of that group
+    layer_importances_: dict conv/linear layer name -> importance of each of its output filters (its group's)
     graph_: the traced ChannelGraph
     n_images_: calibration images seen
     fit_seconds_: wall time of calibration plus solving
@@ -85,30 +87,32 @@ class CausalScorer:
 
         The caller's model is never changed: a private copy in eval mode is observed.
         """
+        return self.collect(model, batches, example_inputs).solve()
+
+    def collect(self, model: nn.Module, batches: Iterable, example_inputs: torch.Tensor | None = None) -> CausalScorer:
+        """One pass over `batches`: trace the filter graph and accumulate every consumer's statistics."""
         self._validate()
         start = time.perf_counter()
         observed = copy.deepcopy(model).eval()
-        total = len(batches) if hasattr(batches, "__len__") else None
-        if total is not None and self.max_batches is not None:
-            total = min(total, self.max_batches)
-        iterator = iter(batches)
-        try:
-            first = _images(next(iterator))
-        except StopIteration:
-            raise ValueError("no calibration batches: the calibration data is empty") from None
-        if example_inputs is None:
-            example_inputs = first[:2]
-        self.graph_ = build_channel_graph(observed, example_inputs)
-        stats, self.n_images_ = self._collect(observed, self.graph_, _chain(first, iterator), total)
-        self.statistics_ = stats
-        self.coef_ = {
-            name: stats[name].solve(self.ridge, _blocks(c)).numpy() for name, c in self.graph_.consumers.items()
-        }
+        first, rest, total = open_batches(batches, self.max_batches)
+        self.graph_ = build_channel_graph(observed, example_inputs if example_inputs is not None else first[:2])
+        self.statistics_, self.n_images_ = self._collect(observed, self.graph_, rest, total)
+        self.collect_seconds_ = time.perf_counter() - start
+        return self
+
+    def solve(self) -> CausalScorer:
+        """One multi-output ridge fit per consumer; importances from the coefficients."""
+        if not hasattr(self, "statistics_"):
+            raise RuntimeError("call collect() (or fit()) before solve()")
+        start = time.perf_counter()
+        stats, graph = self.statistics_, self.graph_
+        self.coef_ = {name: stats[name].solve(self.ridge, _blocks(c)).numpy() for name, c in graph.consumers.items()}
         self.consumer_importances_ = {
-            name: _per_feature(np.abs(self.coef_[name]).sum(1), c) for name, c in self.graph_.consumers.items()
+            name: _per_feature(np.abs(self.coef_[name]).sum(1), c) for name, c in graph.consumers.items()
         }
-        self.importances_ = group_importances(self.graph_, self.consumer_importances_)
-        self.fit_seconds_ = time.perf_counter() - start
+        self.importances_ = group_importances(graph, self.consumer_importances_)
+        self.layer_importances_ = layer_scores_from_groups(graph, self.importances_)
+        self.fit_seconds_ = self.collect_seconds_ + time.perf_counter() - start
         return self
 
     @torch.no_grad()
@@ -133,10 +137,7 @@ class CausalScorer:
         handles = [c.module.register_forward_hook(hook_for(c)) for c in graph.consumers.values()]
         n_images = 0
         try:
-            for i, batch in enumerate(progress(batches, desc="calibrating", unit="batch", total=total)):
-                if self.max_batches is not None and i >= self.max_batches:
-                    break
-                images = _images(batch)
+            for images in progress(batches, desc="calibrating", unit="batch", total=total):
                 observed(images)
                 n_images += len(images)
         finally:
@@ -167,12 +168,3 @@ def _blocks(consumer: Consumer) -> list[tuple[slice, slice]] | None:
         return None
     p, q = consumer.n_parents // consumer.groups, consumer.n_children // consumer.groups
     return [(slice(g * p, (g + 1) * p), slice(g * q, (g + 1) * q)) for g in range(consumer.groups)]
-
-
-def _images(batch) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
