@@ -65,6 +65,47 @@ def _model_and_data_options(command):
     return command
 
 
+def _scoring_options(command):
+    """Settings of the scorers: shared by `run` and `explain`."""
+    command = click.option(
+        "--intervention-images",
+        default=128,
+        show_default=True,
+        type=int,
+        help="Calibration images the intervention criterion measures each do(channel = 0) on.",
+    )(command)
+    command = click.option(
+        "--pool-grid",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Pool activations over a GxG grid per image (1: global average).",
+    )(command)
+    return click.option(
+        "--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations."
+    )(command)
+
+
+def _output_options(default_out: str):
+    """Where results go and how much is printed: shared by `run` and `explain`."""
+
+    def apply(command):
+        for option in reversed(
+            [
+                click.option("--out", default=default_out, show_default=True, help="Output directory."),
+                click.option("--force", is_flag=True, help="Replace the output directory if it exists."),
+                click.option(
+                    "--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet)."
+                ),
+                click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines."),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return apply
+
+
 _MODEL_AND_DATA_OPTIONS = [
     click.option(
         "--model",
@@ -122,21 +163,7 @@ _MODEL_AND_DATA_OPTIONS = [
     help=f"Criteria to prune with, side by side; any of {', '.join(CRITERIA)}.",
 )
 @click.option("--random-seeds", default=3, show_default=True, type=int, help="Seeds of the random baseline.")
-@click.option("--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations.")
-@click.option(
-    "--pool-grid",
-    default=1,
-    show_default=True,
-    type=int,
-    help="Pool activations over a GxG grid per image (1: global average).",
-)
-@click.option(
-    "--intervention-images",
-    default=128,
-    show_default=True,
-    type=int,
-    help="Calibration images the intervention criterion measures each do(channel = 0) on.",
-)
+@_scoring_options
 @click.option(
     "--round-to",
     default=4,
@@ -191,10 +218,7 @@ _MODEL_AND_DATA_OPTIONS = [
     type=float,
     help="Ship the most pruned variant within this many top-1 points of the original.",
 )
-@click.option("--out", default="compress-output", show_default=True, help="Output directory.")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@_output_options("compress-output")
 def run(as_json: bool, quiet: bool, providers: tuple[str, ...], **options) -> None:
     """Score, prune, recover, export and benchmark a model; write the report to --out.
 
@@ -220,8 +244,7 @@ def run(as_json: bool, quiet: bool, providers: tuple[str, ...], **options) -> No
     show_default=True,
     help="How filters are scored: causal, the seed's literal method, or measured interventions.",
 )
-@click.option("--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations.")
-@click.option("--pool-grid", default=1, show_default=True, type=int, help="Pool activations over a GxG grid.")
+@_scoring_options
 @click.option("--tsne-layer", type=int, help="Conv layer index of the t-SNE picture (default: the last conv layer).")
 @click.option(
     "--filters",
@@ -232,10 +255,7 @@ def run(as_json: bool, quiet: bool, providers: tuple[str, ...], **options) -> No
     help="First-layer filters drawn.",
 )
 @click.option("--image-index", default=0, show_default=True, type=int, help="Evaluation image under the heatmap.")
-@click.option("--out", default="compress-explain", show_default=True, help="Output directory.")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the explanation summary as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@_output_options("compress-explain")
 def explain(
     as_json: bool, quiet: bool, criterion: str, tsne_layer: int | None, n_filters: int, image_index: int, **options
 ) -> None:

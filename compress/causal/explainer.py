@@ -41,6 +41,7 @@ class CausalCNNExplainer:
     mean, std: the input normalisation, to un-normalise images in the heatmap; read from the loader's
         transforms when not given.
     ridge, pool_grid: settings of the causal structural equations.
+    intervention_images: calibration images the intervention criterion measures on.
     round_to: keep pruned channel counts a multiple of this (None: exact percentages).
     """
 
@@ -54,6 +55,7 @@ class CausalCNNExplainer:
         std: Sequence[float] | None = None,
         ridge: float = 1e-2,
         pool_grid: int = 1,
+        intervention_images: int = 128,
         round_to: int | None = None,
     ):
         if criterion not in SCORED_CRITERIA:
@@ -63,7 +65,7 @@ class CausalCNNExplainer:
         self.criterion = criterion
         self.mean, self.std = mean, std
         self.round_to = round_to
-        self.scorer = make_scorer(criterion, ridge=ridge, pool_grid=pool_grid)
+        self.scorer = make_scorer(criterion, ridge=ridge, pool_grid=pool_grid, intervention_images=intervention_images)
         self.conv_layers = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d)]
         if not self.conv_layers:
             raise ValueError(f"{type(model).__name__} has no nn.Conv2d layers to explain")
