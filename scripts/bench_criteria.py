@@ -106,7 +106,7 @@ def score_all(model, splits, criteria, args, example):
     for criterion in criteria:
         if criterion not in SCORED_CRITERIA:
             continue
-        scorer = make_scorer(criterion, intervention_images=args.intervention_images)
+        scorer = make_scorer(criterion, pool_grid=args.pool_grid, intervention_images=args.intervention_images)
         collect, plain, peak = timed_collect(scorer, model, loader, example)
         with PeakMemory() as memory:
             start = time.perf_counter()
@@ -132,7 +132,7 @@ def memory_check(model, spec, args, example) -> list[dict]:
         splits = load_data(
             args.data, input_size=spec.input_size, mean=spec.mean, std=spec.std, calibration_size=n, evaluation_size=1
         )
-        scorer = make_scorer("causal")
+        scorer = make_scorer("causal", pool_grid=args.pool_grid)
         collect, plain, peak = timed_collect(scorer, model, splits.loader("calibration", args.batch_size), example)
         rows.append(
             {
@@ -151,7 +151,8 @@ def determinism(model, splits, args, example) -> dict:
     """Score and prune twice from scratch: importances and pruned channels must be identical."""
     runs = []
     for _ in range(2):
-        scorer = make_scorer("causal").fit(model, splits.loader("calibration", args.batch_size), example)
+        scorer = make_scorer("causal", pool_grid=args.pool_grid)
+        scorer.fit(model, splits.loader("calibration", args.batch_size), example)
         pruned = prune(model, importance_factory("causal", scorer), 0.3, example)
         runs.append((scorer.importances_, pruned.pruned_channels()))
     (a, pa), (b, pb) = runs
@@ -259,9 +260,14 @@ def cost_table(result: dict) -> list[str]:
     return lines
 
 
+def heading(args) -> str:
+    suffix = f" (causal pool grid {args.pool_grid})" if args.pool_grid != 1 else ""
+    return f"### Pruning criteria on CIFAR-10 ResNets{suffix}"
+
+
 def render(results: list[dict], args, command: str) -> str:
     out = [
-        "### Pruning criteria on CIFAR-10 ResNets",
+        heading(args),
         "",
         f"Command: `{command}`",
         "",
@@ -316,6 +322,7 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=None)
     parser.add_argument("--memory-check", type=int, default=20000, help="second calibration size (0: skip)")
     parser.add_argument("--intervention-images", type=int, default=128)
+    parser.add_argument("--pool-grid", type=int, default=1, help="causal scorer's pooling grid")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", type=Path, help="replace this script's section of the given Markdown file")
@@ -333,7 +340,7 @@ def main() -> None:
     text = render(results, args, command.strip())
     print(text)
     if args.write:
-        replace_section(args.write, "### Pruning criteria on CIFAR-10 ResNets", text)
+        replace_section(args.write, heading(args) + "\n", text)
 
 
 if __name__ == "__main__":
