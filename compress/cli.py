@@ -58,55 +58,51 @@ def cli(debug: bool) -> None:
     _state["debug"] = debug
 
 
-def _model_and_data_options(command):
-    """The options that say which model to load and on which data: shared by `run` and `explain`."""
-    for option in reversed(_MODEL_AND_DATA_OPTIONS):
-        command = option(command)
-    return command
-
-
-def _scoring_options(command):
-    """Settings of the scorers: shared by `run` and `explain`."""
-    command = click.option(
-        "--intervention-images",
-        default=128,
-        show_default=True,
-        type=int,
-        help="Calibration images the intervention criterion measures each do(channel = 0) on.",
-    )(command)
-    command = click.option(
-        "--pool-grid",
-        default=1,
-        show_default=True,
-        type=int,
-        help="Pool activations over a GxG grid per image (1: global average).",
-    )(command)
-    return click.option(
-        "--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations."
-    )(command)
-
-
-def _output_options(default_out: str):
-    """Where results go and how much is printed: shared by `run` and `explain`."""
+def _options(*options):
+    """One decorator applying click `options` in the order given (as they appear in --help)."""
 
     def apply(command):
-        for option in reversed(
-            [
-                click.option("--out", default=default_out, show_default=True, help="Output directory."),
-                click.option("--force", is_flag=True, help="Replace the output directory if it exists."),
-                click.option(
-                    "--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet)."
-                ),
-                click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines."),
-            ]
-        ):
+        for option in reversed(options):
             command = option(command)
         return command
 
     return apply
 
 
-_MODEL_AND_DATA_OPTIONS = [
+# Settings of the scorers: shared by `run` and `explain`.
+_scoring_options = _options(
+    click.option(
+        "--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations."
+    ),
+    click.option(
+        "--pool-grid",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Pool activations over a GxG grid per image (1: global average).",
+    ),
+    click.option(
+        "--intervention-images",
+        default=128,
+        show_default=True,
+        type=int,
+        help="Calibration images the intervention criterion measures each do(channel = 0) on.",
+    ),
+)
+
+
+def _output_options(default_out: str):
+    """Where results go and how much is printed: shared by `run` and `explain`."""
+    return _options(
+        click.option("--out", default=default_out, show_default=True, help="Output directory."),
+        click.option("--force", is_flag=True, help="Replace the output directory if it exists."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines."),
+    )
+
+
+# The options that say which model to load and on which data: shared by `run` and `explain`.
+_model_and_data_options = _options(
     click.option(
         "--model",
         default="digits-cnn",
@@ -143,7 +139,7 @@ _MODEL_AND_DATA_OPTIONS = [
     click.option("--eval-size", type=int, help="Evaluate on this many images (default: the whole evaluation split)."),
     click.option("--batch-size", default=128, show_default=True, type=int),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of data subsets and random baselines."),
-]
+)
 
 
 @cli.command()

@@ -148,10 +148,10 @@ def load_inputs(config: RunConfig) -> _Inputs:
 def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
     """Fit a scorer for every data-driven criterion of the run, on the calibration images."""
     scorers = {}
+    calibration = inputs.splits.loader("calibration", config.batch_size)
     for criterion in config.criteria:
         if criterion not in SCORED_CRITERIA:
             continue
-        calibration = inputs.splits.loader("calibration", config.batch_size)
         scorer = make_scorer(
             criterion, ridge=config.ridge, pool_grid=config.pool_grid, intervention_images=config.intervention_images
         )

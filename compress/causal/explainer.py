@@ -71,6 +71,7 @@ class CausalCNNExplainer:
             raise ValueError(f"{type(model).__name__} has no nn.Conv2d layers to explain")
         self.filter_importances = {i: np.zeros(m.out_channels) for i, (_, m) in enumerate(self.conv_layers)}
         self.pruned_filters_: dict[str, list[int]] = {}
+        self._example_inputs: torch.Tensor | None = None  # first calibration images: pruning validates on them
 
     # -- learning ---------------------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class CausalCNNExplainer:
             raise ValueError(f"max_batches must be a positive integer or None, got {max_batches}")
         if self.mean is None and self.std is None:
             self.mean, self.std = _normalisation_of(data_loader)
-        self._examples: list[torch.Tensor] = []
+        self._example_inputs = None
         batches = itertools.islice(data_loader, max_batches) if max_batches else data_loader
         total = len(data_loader) if hasattr(data_loader, "__len__") else None
         images = self._on_device(batches)
@@ -91,7 +92,7 @@ class CausalCNNExplainer:
 
     def learn_structural_equations(self) -> CausalCNNExplainer:
         """Fit the criterion's scores from the collected data; fills `filter_importances`."""
-        if not getattr(self, "_examples", None):
+        if self._example_inputs is None:
             raise RuntimeError("call collect_data(loader) before learn_structural_equations()")
         self.scorer.solve()
         scores = self.scorer.layer_importances_
@@ -118,14 +119,14 @@ class CausalCNNExplainer:
 
     def prune_random_filters(self, percent: float, seed: int = 0) -> nn.Module:
         """Like `prune_filters_by_importance`, with channels chosen at random by a seeded generator."""
-        if not getattr(self, "_examples", None):
+        if self._example_inputs is None:
             raise RuntimeError("call collect_data(loader) first: pruning is validated on its images")
         return self._prune(percent, importance_factory("random", seed=seed))
 
     def _prune(self, percent: float, factory) -> nn.Module:
         if not 0 < percent < 100:
             raise ValueError(f"percent must be in (0, 100), got {percent}")
-        result = prune(self.model, factory, percent / 100.0, self._example(), round_to=self.round_to)
+        result = prune(self.model, factory, percent / 100.0, self._example_inputs, round_to=self.round_to)
         self.prune_result_ = result
         self.pruned_filters_ = result.pruned_channels()
         return result.model
@@ -204,12 +205,9 @@ class CausalCNNExplainer:
     def _on_device(self, batches: Iterable) -> Iterator:
         for batch in batches:
             images = batch_images(batch).to(self.device)
-            if len(self._examples) < 1:
-                self._examples.append(images[:16])
+            if self._example_inputs is None:
+                self._example_inputs = images[:16]
             yield images
-
-    def _example(self) -> torch.Tensor:
-        return self._examples[0]
 
     def _require_scores(self) -> None:
         if not hasattr(self.scorer, "layer_importances_"):
