@@ -149,6 +149,49 @@ class OutputDir:
             self.abort()
 
 
+class OutputFiles:
+    """Single output files (not a directory), each staged under a hidden name beside its target and
+    renamed into place by `commit` only when all are complete; an existing target is refused unless
+    `force`. Leaving the context without `commit` removes every staged file."""
+
+    def __init__(self, force: bool = False):
+        self.force = force
+        self.staged: dict[Path, Path] = {}  # target -> staging path
+        self.committed = False
+
+    def stage(self, target: str | Path) -> Path:
+        target = Path(target).expanduser().absolute()
+        if target.exists() and not self.force:
+            raise OutputError(f"{target} already exists; choose another output or pass --force to replace it")
+        if target.is_dir():
+            raise OutputError(f"output path {target} is a directory; give a file name")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+            os.close(handle)
+        except OSError as exc:
+            raise OutputError(f"cannot write in {target.parent}: {exc.strerror or exc}") from exc
+        self.staged[target] = Path(name)
+        return Path(name)
+
+    def commit(self) -> list[Path]:
+        for target, staging in self.staged.items():
+            try:
+                os.replace(staging, target)
+            except OSError as exc:
+                raise OutputError(f"cannot move the result into {target}: {exc.strerror or exc}") from exc
+        self.committed = True
+        return list(self.staged)
+
+    def __enter__(self) -> OutputFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            for staging in self.staged.values():
+                staging.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def disk_errors(path: Path):
     """Turn 'no space left' and permission errors while writing `path` into a clear OutputError."""

@@ -21,6 +21,8 @@ from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
 from .errors import CompressError, CompressWarning
 from .export import EXPORTERS
 
+PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
+
 _state = {"debug": False}
 
 
@@ -101,6 +103,65 @@ def _output_options(default_out: str):
     )
 
 
+# How ONNX files are written and checked: shared by `run` and `export`.
+_export_options = _options(
+    click.option(
+        "--exporter",
+        type=click.Choice(EXPORTERS),
+        default="dynamo",
+        show_default=True,
+        help="ONNX exporter to try first (the other is the fallback).",
+    ),
+    click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset of the exported files."),
+    click.option(
+        "--parity-tolerance",
+        default=1e-4,
+        show_default=True,
+        type=float,
+        help="Largest allowed max-abs difference between ONNX and PyTorch logits on real images.",
+    ),
+    click.option(
+        "--int8",
+        is_flag=True,
+        help="Also write an INT8 twin (onnxruntime static quantisation: QDQ, per-channel, "
+        "calibrated on the calibration images).",
+    ),
+    click.option(
+        "--int8-images", default=512, show_default=True, type=int, help="Calibration images of the INT8 ranges."
+    ),
+)
+
+# How latency is measured: shared by `run` and `bench`.
+_timing_options = _options(
+    click.option(
+        "--provider",
+        "providers",
+        type=click.Choice(PROVIDER_CHOICES),
+        multiple=True,
+        help="onnxruntime provider(s) to time (repeatable; default: cpu and cuda where available).",
+    ),
+    click.option("--threads", type=int, help="onnxruntime intra-op threads (default: one per available core)."),
+    click.option(
+        "--latency-runs", default=50, show_default=True, type=int, help="Timed calls per file and batch, at least."
+    ),
+    click.option(
+        "--latency-min-seconds",
+        default=1.0,
+        show_default=True,
+        type=float,
+        help="Timed work per file and batch, at least: fast models get more calls.",
+    ),
+    click.option(
+        "--latency-window-seconds",
+        default=10.0,
+        show_default=True,
+        type=float,
+        help="Timed work per batch size across all files, at least: few files get more calls each, so "
+        "the interleaved timing spans the machine's slow and fast phases.",
+    ),
+    click.option("--warmup", default=10, show_default=True, type=int, help="Untimed calls per file before timing."),
+)
+
 # The options that say which model to load and on which data: shared by `run` and `explain`.
 _model_and_data_options = _options(
     click.option(
@@ -174,32 +235,9 @@ _model_and_data_options = _options(
     default=True,
     help="Skip batch-norm re-estimation after pruning.",
 )
-@click.option(
-    "--exporter",
-    type=click.Choice(EXPORTERS),
-    default="dynamo",
-    show_default=True,
-    help="ONNX exporter to try first (the other is the fallback).",
-)
-@click.option("--opset", default=18, show_default=True, type=int)
-@click.option(
-    "--parity-tolerance",
-    default=1e-4,
-    show_default=True,
-    type=float,
-    help="Largest allowed max-abs difference between ONNX and PyTorch logits.",
-)
-@click.option(
-    "--provider",
-    "providers",
-    type=click.Choice(["cpu", "cuda"]),
-    multiple=True,
-    help="onnxruntime provider(s) to benchmark (repeatable; default: every available one).",
-)
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: one per available core).")
+@_export_options
+@_timing_options
 @click.option("--latency-batch", default=32, show_default=True, type=int, help="Batch size timed besides batch 1.")
-@click.option("--latency-runs", default=50, show_default=True, type=int, help="Timed calls per variant and batch.")
-@click.option("--warmup", default=10, show_default=True, type=int, help="Untimed calls per variant before timing.")
 @click.option(
     "--ship-criterion",
     type=click.Choice(CRITERIA),
@@ -277,6 +315,165 @@ def explain(
         click.echo(f"pictures and importances in {summary['output_dir']}")
 
 
+@cli.command("export")
+@_model_and_data_options
+@click.option(
+    "--pruned",
+    type=click.Path(dir_okay=False),
+    help="A pruned.pt written by `compress run` (instead of --model/--weights).",
+)
+@click.option("--output", "-o", required=True, help="ONNX file to write (with --int8 also NAME.int8.onnx).")
+@_export_options
+@click.option("--input-name", default="input", show_default=True, help="Name of the ONNX input.")
+@click.option("--output-name", default="logits", show_default=True, help="Name of the ONNX output.")
+@click.option(
+    "--static-batch",
+    type=click.IntRange(min=1),
+    help="Fix the batch size to this (default: a dynamic batch axis).",
+)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads of the checks.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+def export_command(
+    as_json: bool,
+    quiet: bool,
+    output: str,
+    pruned: str | None,
+    input_name: str,
+    output_name: str,
+    static_batch: int | None,
+    **options,
+) -> None:
+    """Export a model to one ONNX file, checked against PyTorch on real images.
+
+    The model is --model with --weights (as `compress run` loads it) or a --pruned pruned.pt. The file
+    gets a dynamic batch axis (or --static-batch), the given input/output names and its preprocessing
+    as metadata; onnx.checker and shape inference must pass, and the logits must match PyTorch's
+    within --parity-tolerance, else nothing is written.
+    """
+    from .export_job import export_model
+
+    _configure_output(quiet or as_json)
+    summary = export_model(
+        RunConfig(**options),
+        output,
+        pruned=pruned,
+        input_name=input_name,
+        output_name=output_name,
+        static_batch=static_batch,
+    )
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
+    elif not quiet:
+        parity = summary["parity"]
+        click.echo(
+            f"wrote {summary['file']} ({summary['exporter']} exporter, opset {summary['opset']}): top-1 "
+            f"{summary['accuracy']['top1']:.2f}%, parity max abs {parity['max_abs_diff']:.2e} "
+            f"(rel {parity['max_rel_diff']:.2e}) on {parity['images']} images"
+        )
+        if "int8" in summary:
+            q = summary["int8"]
+            click.echo(f"wrote {q['file']}: top-1 {q['accuracy']['top1']:.2f}% ({-q['top1_drop']:+.2f} points)")
+
+
+@cli.command("bench")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="Evaluation data: 'digits', a torchvision data set name, or an image-folder directory.",
+)
+@click.option("--data-root", help="Where a torchvision data set lives (default ./data).")
+@click.option("--download", is_flag=True, help="Let torchvision download the data set into --data-root.")
+@click.option("--image-size", type=click.IntRange(min=1), help="Input size (default: the files' metadata).")
+@click.option("--mean", type=_CommaList(float), help="Normalisation mean (default: the files' metadata).")
+@click.option("--std", type=_CommaList(float), help="Normalisation std (default: the files' metadata).")
+@click.option("--eval-size", type=int, help="Evaluate on this many images (default: the whole evaluation split).")
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Batch size of the accuracy pass.")
+@click.option(
+    "--batch",
+    "batches",
+    type=_CommaList(int),
+    default="1,32",
+    show_default=True,
+    help="Batch sizes to time.",
+)
+@_timing_options
+@click.option("--no-accuracy", "accuracy", flag_value=False, default=True, help="Time only; skip the accuracy pass.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option("--force", is_flag=True, help="Replace the --report file if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (implies --quiet).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+def bench_command(
+    files: tuple[str, ...],
+    providers: tuple[str, ...],
+    batches: tuple[int, ...],
+    latency_runs: int,
+    latency_min_seconds: float,
+    latency_window_seconds: float,
+    warmup: int,
+    report_path: str | None,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+    **options,
+) -> None:
+    """Accuracy and latency of ONNX FILES side by side; the first file is the baseline.
+
+    Every file is timed in the same process, interleaved (A B A B ...), after a warm-up, with inputs
+    and outputs bound to the device; speed-ups are against the first file in the same run, and the
+    efficiency sets each against the speed-up its MACs promise.
+    """
+    from .artifacts import OutputFiles
+    from .bench_job import BenchSettings, bench_files
+    from .benchmark import LatencySettings
+
+    _configure_output(quiet or as_json)
+    settings = BenchSettings(
+        providers=providers or None,
+        batches=batches,
+        latency=LatencySettings(
+            warmup=warmup,
+            runs=latency_runs,
+            min_seconds=latency_min_seconds,
+            window_seconds=latency_window_seconds,
+        ),
+        **options,
+    )
+    with OutputFiles(force=force) as outputs:
+        staged = outputs.stage(report_path) if report_path else None
+        report = bench_files(files, settings)
+        if staged is not None:
+            staged.write_text(json.dumps(report, indent=2) + "\n")
+            outputs.commit()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not quiet:
+        click.echo(_bench_table(report))
+
+
+def _bench_table(report: dict) -> str:
+    bench = report["benchmark"]
+    lines = []
+    for provider in bench["providers"]:
+        lines.append(f"onnxruntime {provider}, {bench['threads']} threads, baseline {report['baseline']}")
+        head = f"{'file':28s} {'top-1':>7s} {'MACs':>6s}"
+        for b in bench["batches"]:
+            head += f" {'b' + str(b) + ' median ms':>15s} {'p99':>8s} {'speed-up':>9s} {'effic.':>6s}"
+        lines.append(head)
+        for v in report["variants"]:
+            top1 = f"{v['accuracy']['top1']:.2f}" if v["accuracy"] else "—"
+            macs = f"{v['macs_ratio']:.3f}" if v["macs_ratio"] is not None else "—"
+            row = f"{v['name'][:28]:28s} {top1:>7s} {macs:>6s}"
+            for b in bench["batches"]:
+                t, g = v["latency"][provider][f"batch_{b}"], v["speedup"][provider][f"batch_{b}"]
+                row += f" {t['median_ms']:15.3f} {t['p99_ms']:8.3f} {g['speedup']:8.2f}x {g['efficiency']:6.2f}"
+            lines.append(row)
+    return "\n".join(lines)
+
+
 def run_config_from_args(args: list[str]) -> RunConfig:
     """The configuration `compress run ARGS` would use, for scripts that wrap the pipeline."""
     params = dict(run.make_context("run", list(args)).params)
@@ -320,14 +517,17 @@ def _summary(report: dict) -> dict:
         "variants": [
             {
                 "name": v["name"],
+                "precision": v["precision"],
                 "criterion": v["criterion"],
                 "ratio": v["ratio"],
                 "seed": v["seed"],
                 "top1": v["accuracy"]["top1"],
-                "top1_before_recovery": v["accuracy"]["top1_before_recovery"],
+                "top1_before_recovery": v["accuracy"].get("top1_before_recovery"),
                 "macs_ratio": v["macs_ratio"],
                 "params_ratio": v["params_ratio"],
                 "latency_median_ms": {k: t["median_ms"] for k, t in v["latency"][provider].items()},
+                "speedup": {k: g["speedup"] for k, g in v["speedup"][provider].items()},
+                "efficiency": {k: g["efficiency"] for k, g in v["speedup"][provider].items()},
             }
             for v in report["variants"]
         ],
@@ -343,6 +543,14 @@ def _text_summary(report: dict) -> str:
                 s = row[criterion]["top1"]
                 parts.append(f"{criterion} {s['mean']:.2f}" + (f"±{s['std']:.2f}" if s["n"] > 1 else ""))
         lines.append("  ".join(parts))
+    accuracy = {v["name"]: v["accuracy"]["top1"] for v in report["variants"]}
+    int8 = [
+        f"{v['name']} {accuracy[v['name']]:.2f} (fp32 {accuracy[v['parent']]:.2f})"
+        for v in report["variants"]
+        if v["precision"] == "int8"
+    ]
+    if int8:
+        lines.append("int8: " + ", ".join(int8))
     lines.append(f"shipped {report['chosen']['variant']} as model.onnx: {report['chosen']['reason']}")
     lines.append(f"results in {report['output_dir']}")
     return "\n".join(lines)

@@ -48,7 +48,11 @@ class RunConfig:
     threads: int | None = None
     latency_batch: int = 32
     latency_runs: int = 50
+    latency_min_seconds: float = 1.0
+    latency_window_seconds: float = 10.0
     warmup: int = 10
+    int8: bool = False  # also an INT8 (QDQ) twin of the original and of every ship-criterion variant
+    int8_images: int = 512  # calibration images that set the INT8 activation ranges
     # choosing what to ship
     ship_criterion: str = "causal"
     accuracy_tolerance: float = 1.0
@@ -78,6 +82,10 @@ class RunConfig:
         _positive_int("latency_batch", self.latency_batch)
         _positive_int("latency_runs", self.latency_runs)
         _positive_int("warmup", self.warmup, minimum=0)
+        _positive_int("int8_images", self.int8_images)
+        for name in ("latency_min_seconds", "latency_window_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         _positive_int("opset", self.opset, minimum=13)
         if self.opset > onnx.defs.onnx_opset_version():
             raise ConfigError(

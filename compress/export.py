@@ -1,4 +1,8 @@
-"""ONNX export with a dynamic batch axis, checked by onnx.checker and against PyTorch on real inputs."""
+"""ONNX export with a dynamic batch axis, checked by onnx.checker and against PyTorch on real inputs.
+
+The file carries its preprocessing (input size, mean, std) and provenance as ONNX metadata, so a
+benchmark or a serving stack can feed it correctly without the training code.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from .benchmark import run_batched
 from .errors import ExportError
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -31,6 +37,8 @@ class ExportResult:
     onnx_params: int  # elements of the float initializers: the weights the file actually carries
     seconds: float
     fallback_reason: str | None = None  # why the preferred exporter was not used
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
 
 
 def export_onnx(
@@ -40,25 +48,38 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+    dynamic_batch: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> ExportResult:
-    """Write `model` (eval mode) to `path` as one self-contained ONNX file with a dynamic batch axis.
+    """Write `model` (eval mode) to `path` as one self-contained ONNX file.
 
     `exporter="dynamo"` is the torch.export-based exporter PyTorch recommends; if it fails, the
-    TorchScript-based one is tried and the reason recorded. `onnx.checker` (with shape inference)
-    must pass.
+    TorchScript-based one is tried and the reason recorded. The batch axis is symbolic unless
+    `dynamic_batch=False` (then it is fixed to the example's batch). `metadata` is stored as the
+    file's metadata_props. `onnx.checker` (full check, with shape inference) must pass.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    for what, name in (("input", input_name), ("output", output_name)):
+        if not _IDENTIFIER.fullmatch(name or ""):
+            raise ExportError(f"{what} name {name!r} is not a valid ONNX name; use letters, digits and _")
+    if input_name == output_name:
+        raise ExportError(f"input and output names must differ, both are {input_name!r}")
     path = Path(path)
     model = model.eval()
-    # Two images at least: torch.export specialises a batch axis of size 1 to a constant.
-    example = example_inputs[:2] if len(example_inputs) >= 2 else example_inputs.repeat(2, 1, 1, 1)
+    if dynamic_batch:  # two images at least: torch.export specialises a batch axis of size 1 to a constant
+        example = example_inputs[:2] if len(example_inputs) >= 2 else example_inputs.repeat(2, 1, 1, 1)
+    else:
+        example = example_inputs
+    names = _Names(input_name, output_name, dynamic_batch)
     start = time.perf_counter()
     order = [exporter] + [e for e in EXPORTERS if e != exporter]
     failures: list[str] = []
     for name in order:
         try:
-            _EXPORT[name](model, example, path, opset)
+            _EXPORT[name](model, example, path, opset, names)
             proto = onnx.load(str(path))
             produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
             if produced != opset:  # the dynamo exporter cannot write opsets below its own
@@ -71,9 +92,13 @@ def export_onnx(
         operators = _operators_named(failures)
         what = f"unsupported operator {', '.join(operators)}; " if operators else ""
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {what}{'; '.join(failures)}")
+    if metadata:
+        onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
+        onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
+        path.unlink(missing_ok=True)
         raise ExportError(f"exported file {path} fails onnx.checker: {_summarise(exc)}") from exc
     params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     return ExportResult(
@@ -83,37 +108,46 @@ def export_onnx(
         onnx_params=params,
         seconds=time.perf_counter() - start,
         fallback_reason=failures[0] if failures else None,
+        input_name=input_name,
+        output_name=output_name,
     )
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with _quiet():
+@dataclass(frozen=True)
+class _Names:
+    input: str
+    output: str
+    dynamic_batch: bool
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: _Names) -> None:
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if names.dynamic_batch else None
+    with quiet_library_output():
         torch.onnx.export(
             model,
             (example,),
             str(path),
             dynamo=True,
             external_data=False,
-            dynamic_shapes=({0: batch},),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            input_names=[names.input],
+            output_names=[names.output],
             opset_version=opset,
             optimize=True,
             verbose=False,
         )
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    with _quiet():
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: _Names) -> None:
+    with quiet_library_output():
         torch.onnx.export(
             model,
             (example,),
             str(path),
             dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[names.input],
+            output_names=[names.output],
+            dynamic_axes={names.input: {0: "batch"}, names.output: {0: "batch"}} if names.dynamic_batch else None,
             opset_version=opset,
         )
 
@@ -122,9 +156,9 @@ _EXPORT = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The exporters print progress, log tracebacks of what they recover from and warn about
-    deprecations; failures that matter reach us as exceptions, so keep the user's terminal clean."""
+def quiet_library_output():
+    """The exporters and the quantiser print progress, log tracebacks of what they recover from and
+    warn about deprecations; failures that matter reach us as exceptions, so keep the terminal clean."""
     logging.disable(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -134,6 +168,7 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]*")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ATEN_OP = re.compile(r"aten(?:::|\.)([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -154,28 +189,43 @@ def _operators_named(failures: list[str]) -> list[str]:
 
 @dataclass
 class Parity:
+    """How far onnxruntime's logits are from PyTorch's. `max_rel_diff` is the largest absolute
+    difference over the largest absolute logit: per-element ratios explode on logits near zero."""
+
     max_abs_diff: float
     max_rel_diff: float
     images: int
+    tolerance: float | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.tolerance is None else self.max_abs_diff <= self.tolerance
 
     def as_dict(self) -> dict:
-        return {"max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff, "images": self.images}
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "images": self.images,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+        }
 
 
 @torch.no_grad()
 def check_parity(session, model: nn.Module, images: torch.Tensor, tolerance: float | None = None) -> Parity:
     """Compare onnxruntime's logits with PyTorch's on real `images`; raise if over `tolerance` (max abs)."""
     expected = model.eval()(images).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
-    diff = np.abs(got - expected)
+    got = run_batched(session, images.numpy())
+    diff = np.abs(got.astype(np.float64) - expected)
     parity = Parity(
         max_abs_diff=float(diff.max()),
-        max_rel_diff=float((diff / np.maximum(np.abs(expected), 1e-6)).max()),
+        max_rel_diff=float(diff.max() / max(float(np.abs(expected).max()), 1e-12)),
         images=len(images),
+        tolerance=tolerance,
     )
     if tolerance is not None and parity.max_abs_diff > tolerance:
         raise ExportError(
             f"ONNX output differs from PyTorch by {parity.max_abs_diff:.3g} (max abs over {len(images)} images), "
-            f"over the tolerance {tolerance:g}; try --exporter torchscript or report the model"
+            f"over the tolerance {tolerance:g} (--parity-tolerance); try --exporter torchscript or report the model"
         )
     return parity

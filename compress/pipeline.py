@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,15 +17,27 @@ import torch.nn as nn
 
 from . import __version__
 from .artifacts import OutputDir, disk_errors, environment
-from .benchmark import LatencySettings, available_providers, make_session, measure_latency, onnx_accuracy
+from .benchmark import (
+    PROVIDERS,
+    LatencySettings,
+    available_providers,
+    interleaving_summary,
+    make_session,
+    measure_latency,
+    onnx_accuracy,
+    run_batched,
+    speedups,
+)
 from .config import RunConfig
 from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
 from .data import DataSplits, load_data, make_loader
 from .errors import ConfigError, DataError, ModelError
 from .evaluation import evaluate
 from .export import check_parity, export_onnx
+from .onnx_info import preprocessing_metadata
 from .progress import progress
 from .pruning import count_macs_params, layer_widths, output_layer_names, prune
+from .quantize import quantize_int8
 from .recovery import recalibrate_batchnorm
 from .report import summarise_by_ratio, write_plots, write_report_md
 from .serialization import save_importances, save_pruned
@@ -69,6 +82,7 @@ class _Variants:
     records: list[dict[str, Any]] = field(default_factory=list)
     sessions: dict[str, Any] = field(default_factory=dict)  # name -> onnxruntime session
     shippable: dict[str, tuple[nn.Module, list]] = field(default_factory=dict)  # name -> (model, history)
+    models: dict[str, nn.Module] = field(default_factory=dict)  # fp32 variants to quantise: name -> model
 
 
 def plan_variants(config: RunConfig) -> list[PlannedVariant]:
@@ -89,8 +103,10 @@ def run(config: RunConfig) -> dict[str, Any]:
         inputs = load_inputs(config)
         scorers = _score(config, inputs)
         variants = _build_variants(config, inputs, scorers, out)
-        settings, batches = _measure_latency(config, inputs, variants, out)
-        report = _assemble_report(config, inputs, scorers, variants, settings, batches)
+        if config.int8:
+            _add_int8_variants(config, inputs, variants, out)
+        latency = _measure_latency(config, inputs, variants, out)
+        report = _assemble_report(config, inputs, scorers, variants, latency)
         _write_outputs(out, report, variants, scorers, inputs)
         out.write_manifest(
             {
@@ -132,16 +148,16 @@ def load_inputs(config: RunConfig) -> _Inputs:
     )
     loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
     example = splits.example_batch(16)
-    _check_model_accepts(loaded.model, example, splits.num_classes)
+    check_model_accepts(loaded.model, example, splits.num_classes)
     protected = output_layer_names(loaded.model, example)
     log.info("model: %s, output layer %s kept whole", spec.name, ", ".join(protected))
     return _Inputs(
         splits=splits,
         loaded=loaded,
         example=example,
-        eval_images=_first_images(splits, max(config.latency_batch, PARITY_IMAGES)),
+        eval_images=first_images(splits, max(config.latency_batch, PARITY_IMAGES)),
         protected=protected,
-        providers=_resolve_providers(config),
+        providers=resolve_providers(config.providers),
     )
 
 
@@ -169,6 +185,7 @@ def _build_variants(config: RunConfig, inputs: _Inputs, scorers: dict[str, Score
     before = evaluate(inputs.model, evaluation, desc="original accuracy")
     original = _finish_variant("original", inputs.model, config, inputs, out, evaluation, variants)
     original.update(criterion=None, ratio=0.0, seed=None, kept_unpruned={}, channel_ratio=1.0)
+    variants.models["original"] = inputs.model
     original["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
 
     for planned in progress(plan_variants(config), desc="variants", unit="variant"):
@@ -197,6 +214,7 @@ def _build_variants(config: RunConfig, inputs: _Inputs, scorers: dict[str, Score
         record["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
         if planned.criterion == config.ship_criterion:
             variants.shippable[planned.name] = (pruned.model, pruned.history)
+            variants.models[planned.name] = pruned.model
         log.info(
             "%-16s top-1 %.2f%% (before recovery %.2f%%), MACs x%.2f",
             planned.name,
@@ -219,8 +237,14 @@ def _finish_variant(
     """Export one variant, check it against PyTorch, measure its accuracy with onnxruntime, record it."""
     relative = f"onnx/{name}.onnx"
     path = out.path(relative)
+    splits = inputs.splits
+    metadata = preprocessing_metadata(
+        splits.input_size, splits.mean, splits.std, model=inputs.loaded.spec.name, variant=name
+    )
     with disk_errors(path):
-        exported = export_onnx(model, inputs.example, path, opset=config.opset, exporter=config.exporter)
+        exported = export_onnx(
+            model, inputs.example, path, opset=config.opset, exporter=config.exporter, metadata=metadata
+        )
     if exported.fallback_reason:
         log.warning("%s: exported with %s (%s)", name, exported.exporter, exported.fallback_reason)
     session = make_session(path, inputs.providers[0], config.threads)
@@ -229,6 +253,7 @@ def _finish_variant(
     macs, params = count_macs_params(model, inputs.example)
     record = {
         "name": name,
+        "precision": "fp32",
         "onnx": relative,
         "macs": macs,
         "params": params,
@@ -247,22 +272,96 @@ def _finish_variant(
     return record
 
 
-def _measure_latency(
-    config: RunConfig, inputs: _Inputs, variants: _Variants, out: OutputDir
-) -> tuple[LatencySettings, list[int]]:
-    """Time every variant on every provider, interleaved, at batch 1 and the larger batch."""
-    settings = LatencySettings(warmup=config.warmup, runs=config.latency_runs)
+def _add_int8_variants(config: RunConfig, inputs: _Inputs, variants: _Variants, out: OutputDir) -> None:
+    """An INT8 (static, QDQ, per-channel) twin of the original and of every ship-criterion variant,
+    calibrated on the calibration images; accuracy and parity are measured against the fp32 parent."""
+    calibration = inputs.splits.loader("calibration", config.batch_size)
+    evaluation = inputs.splits.loader("evaluation", config.batch_size)
+    parents = [r for r in variants.records if r["name"] in variants.models]
+    for parent in progress(parents, desc="int8", unit="variant"):
+        name = f"{parent['name']}-int8"
+        relative = f"onnx/{name}.onnx"
+        path = out.path(relative)
+        with disk_errors(path):
+            quantised = quantize_int8(out.path(parent["onnx"]), path, calibration, max_images=config.int8_images)
+        session = make_session(path, inputs.providers[0], config.threads)
+        model = variants.models[parent["name"]]
+        parity = check_parity(session, model, inputs.eval_images[:PARITY_IMAGES])  # reported, not gated
+        with torch.no_grad():
+            agree = (
+                run_batched(session, inputs.eval_images.numpy()).argmax(1)
+                == model.eval()(inputs.eval_images).numpy().argmax(1)
+            ).mean()
+        accuracy = onnx_accuracy(session, evaluation, desc=f"{name} onnx accuracy")
+        record = {
+            **{k: parent[k] for k in ("criterion", "ratio", "seed", "kept_unpruned", "channel_ratio", "widths")},
+            **{k: parent[k] for k in ("macs", "params", "macs_ratio", "params_ratio")},
+            "name": name,
+            "precision": "int8",
+            "parent": parent["name"],
+            "onnx": relative,
+            "onnx_params": parent["onnx_params"],
+            "onnx_bytes": path.stat().st_size,
+            "accuracy": {
+                "top1": accuracy["top1"],
+                "top5": accuracy["top5"],
+                "runtime": "onnxruntime",
+                "top1_drop_from_parent": parent["accuracy"]["top1"] - accuracy["top1"],
+            },
+            "parity": {
+                **parity.as_dict(),
+                "top1_agreement": float(agree),
+                "agreement_images": len(inputs.eval_images),
+                "against": f"{parent['name']} (PyTorch fp32)",
+            },
+            "quantization": {
+                "format": "QDQ",
+                "weights": "int8 per-channel" if quantised.per_channel else "int8 per-tensor",
+                "activations": "uint8",
+                "reduce_range": quantised.reduce_range,
+                "calibration": quantised.method,
+                "calibration_images": quantised.calibration_images,
+                "seconds": round(quantised.seconds, 3),
+            },
+            "latency": {},
+        }
+        variants.records.append(record)
+        variants.sessions[name] = session
+        log.info("%-16s top-1 %.2f%% (fp32 parent %.2f%%)", name, accuracy["top1"], parent["accuracy"]["top1"])
+
+
+@dataclass
+class _Latency:
+    settings: LatencySettings
+    batches: list[int]
+    order: dict[str, list[str]]  # provider -> the first timed slices, showing the interleaving
+
+
+def _measure_latency(config: RunConfig, inputs: _Inputs, variants: _Variants, out: OutputDir) -> _Latency:
+    """Time every variant on every provider, interleaved, at batch 1 and the larger batch; record the
+    measured speed-up over the original and its efficiency against the MACs saved."""
+    settings = LatencySettings(
+        warmup=config.warmup,
+        runs=config.latency_runs,
+        min_seconds=config.latency_min_seconds,
+        window_seconds=config.latency_window_seconds,
+    )
     batches = {b: inputs.eval_images[:b].numpy() for b in sorted({1, config.latency_batch})}
+    macs = {r["name"]: r["macs"] for r in variants.records}
+    order = {}
     for provider in inputs.providers:
         sessions = variants.sessions
         if provider != inputs.providers[0]:
             sessions = {
                 v["name"]: make_session(out.path(v["onnx"]), provider, config.threads) for v in variants.records
             }
-        timings = measure_latency(sessions, batches, settings)
+        measured = measure_latency(sessions, batches, settings, device=PROVIDERS[provider][1])
+        gains = speedups(measured.timings, macs, baseline="original")
         for record in variants.records:
-            record["latency"][provider] = timings[record["name"]]
-    return settings, sorted(batches)
+            record["latency"][provider] = measured.timings[record["name"]]
+            record.setdefault("speedup", {})[provider] = gains[record["name"]]
+        order[provider] = interleaving_summary(measured.order, limit=2 * len(sessions))
+    return _Latency(settings, sorted(batches), order)
 
 
 def _assemble_report(
@@ -270,10 +369,10 @@ def _assemble_report(
     inputs: _Inputs,
     scorers: dict[str, Scorer],
     variants: _Variants,
-    settings: LatencySettings,
-    batches: list[int],
+    latency: _Latency,
 ) -> dict[str, Any]:
     splits, loaded, records = inputs.splits, inputs.loaded, variants.records
+    settings = latency.settings
     session = next(iter(variants.sessions.values()))
     return {
         "schema": REPORT_SCHEMA,
@@ -300,12 +399,20 @@ def _assemble_report(
         "benchmark": {
             "providers": inputs.providers,
             "threads": int(session.get_session_options().intra_op_num_threads),
-            "latency_batches": batches,
+            "latency_batches": latency.batches,
             "warmup": settings.warmup,
             "runs": settings.runs,
+            "min_seconds": settings.min_seconds,
+            "window_seconds": settings.window_seconds,
             "rounds": settings.rounds,
+            "slice_seconds": settings.slice_seconds,
             "interleaved": True,
+            "run_order": latency.order,
+            "io_binding": True,
+            "graph_optimization": "all",
             "parity_images": PARITY_IMAGES,
+            "parity_tolerance": config.parity_tolerance,
+            "speedup": "original median / variant median, same run; efficiency = speedup / (original MACs / MACs)",
         },
         "seeds": {
             "seed": config.seed,
@@ -330,7 +437,7 @@ def _scoring_record(criterion: str, scorer: Scorer, config: RunConfig) -> dict[s
     return record
 
 
-def _check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+def check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
     try:
         with torch.no_grad():
             output = model.eval()(example)
@@ -345,20 +452,21 @@ def _check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: i
         raise ModelError(f"the model outputs {shape}, expected (batch, {num_classes}) class scores")
 
 
-def _resolve_providers(config: RunConfig) -> list[str]:
+def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+    """The providers to benchmark: those asked for (each must be present) or every present one."""
     present = available_providers()
-    if config.providers is None:
-        return present
-    missing = [p for p in config.providers if p not in present]
+    if requested is None:  # TensorRT builds an engine per file: only when asked for
+        return [p for p in present if p != "tensorrt"]
+    missing = [p for p in requested if p not in present]
     if missing:
         raise ConfigError(
             f"onnxruntime provider {missing[0]!r} is not available here (available: {', '.join(present)}); "
-            "for CUDA install the gpu extra (onnxruntime-gpu)"
+            "for cuda and tensorrt install the gpu extra (onnxruntime-gpu, which replaces onnxruntime)"
         )
-    return list(config.providers)
+    return list(requested)
 
 
-def _first_images(splits: DataSplits, n: int) -> torch.Tensor:
+def first_images(splits: DataSplits, n: int) -> torch.Tensor:
     images = next(iter(make_loader(splits.evaluation, n)))[0]
     if len(images) < n:  # a tiny evaluation split: repeat it to fill the batch
         images = images.repeat(-(-n // len(images)), *([1] * (images.dim() - 1)))[:n]
@@ -377,7 +485,7 @@ def choose_variant(variants: list[dict[str, Any]], config: RunConfig) -> dict[st
     If none is within tolerance, the least pruned one ships, and the reason says so.
     """
     original = variants[0]["accuracy"]["top1"]
-    candidates = [v for v in variants if v["criterion"] == config.ship_criterion]
+    candidates = [v for v in variants if v["criterion"] == config.ship_criterion and v["precision"] == "fp32"]
     good = [v for v in candidates if v["accuracy"]["top1"] >= original - config.accuracy_tolerance]
     if good:
         pick = max(good, key=lambda v: v["ratio"])

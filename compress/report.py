@@ -19,6 +19,7 @@ def summarise_by_ratio(variants: list[dict[str, Any]], criteria: Sequence[str]) 
     """Per ratio and criterion: accuracy after and before recovery (mean, std, n over seeds), MACs
     ratio, and causal's margin over the random mean (in points and in random standard deviations)."""
     rows = []
+    variants = [v for v in variants if v.get("precision", "fp32") == "fp32"]  # INT8 twins are reported apart
     for ratio in sorted({v["ratio"] for v in variants if v["criterion"] is not None}):
         row: dict[str, Any] = {"ratio": ratio}
         for criterion in criteria:
@@ -85,28 +86,35 @@ def write_report_md(report: dict[str, Any]) -> str:
             cells.append(f"{row['causal_minus_random']:+.2f}" + (f" ({units:+.1f} std)" if units is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "## Size, speed and export parity", ""]
-    lat_cols = [f"{p} b{b} median / p90 ms" for p in providers for b in batches]
-    head = [
-        "variant",
-        "channels kept",
-        "params",
-        "MACs",
-        "MACs ratio",
-        *lat_cols,
-        f"speed-up b{batches[-1]}",
-        "parity max abs",
+    lines += [
+        "",
+        "## Size, speed and export parity",
+        "",
+        "Latency: median / p90 / p99 ms. Speed-up: the original's median over the variant's, same run; "
+        "efficiency: speed-up over the speed-up the MACs promise (1.00: every MAC saved became time saved). "
+        "Parity: max abs difference of the ONNX logits from PyTorch's (INT8: from its fp32 parent, not gated).",
+        "",
     ]
+    lat_cols = [f"{p} b{b} ms" for p in providers for b in batches]
+    gain_cols = [f"{p} b{b} speed-up (efficiency)" for p in providers for b in batches]
+    head = ["variant", "top-1", "channels kept", "params", "MACs ratio", *lat_cols, *gain_cols, "parity max abs"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = original["latency"].get(providers[0], {}).get(f"batch_{batches[-1]}", {}).get("median_ms")
     for v in variants:
-        cells = [v["name"], f"{v['channel_ratio']:.3f}", f"{v['params']:,}", f"{v['macs']:,}", f"{v['macs_ratio']:.3f}"]
+        cells = [
+            v["name"],
+            f"{v['accuracy']['top1']:.2f}",
+            f"{v['channel_ratio']:.3f}",
+            f"{v['params']:,}",
+            f"{v['macs_ratio']:.3f}",
+        ]
         for p in providers:
             for b in batches:
                 t = v["latency"].get(p, {}).get(f"batch_{b}")
-                cells.append(f"{t['median_ms']:.3f} / {t['p90_ms']:.3f}" if t else "—")
-        mine = v["latency"].get(providers[0], {}).get(f"batch_{batches[-1]}", {}).get("median_ms")
-        cells.append(f"{base / mine:.2f}x" if base and mine else "—")
+                cells.append(f"{t['median_ms']:.3f} / {t['p90_ms']:.3f} / {t['p99_ms']:.3f}" if t else "—")
+        for p in providers:
+            for b in batches:
+                g = v.get("speedup", {}).get(p, {}).get(f"batch_{b}")
+                cells.append(f"{g['speedup']:.2f}x ({g['efficiency']:.2f})" if g else "—")
         cells.append(f"{v['parity']['max_abs_diff']:.2e}")
         lines.append("| " + " | ".join(cells) + " |")
     kept = {v["name"]: v["kept_unpruned"] for v in variants if v.get("kept_unpruned")}
@@ -121,8 +129,11 @@ def write_report_md(report: dict[str, Any]) -> str:
         "## Settings",
         "",
         f"- latency: onnxruntime {', '.join(providers)}, {bench['threads']} intra-op threads, "
-        f"{bench['warmup']} warm-up calls, {bench['runs']} timed calls per variant and batch in "
-        f"{bench['rounds']} interleaved rounds",
+        f"{bench['warmup']} warm-up calls, then at least {bench['runs']} timed calls, {bench['min_seconds']:g} s "
+        f"and an equal share of {bench['window_seconds']:g} s per variant and batch, variants taking turns "
+        f"of about {bench['slice_seconds']:g} s ({bench['rounds']} rounds at least), inputs and outputs bound "
+        "to the device; "
+        f"order: {' '.join(bench['run_order'][providers[0]][:6])} ...",
         f"- parity: ONNX vs PyTorch logits on {bench['parity_images']} evaluation images",
     ]
     for criterion, s in (report.get("scoring") or {}).items():
@@ -190,7 +201,7 @@ def _plot_latency(ax, report: dict[str, Any], batch: int) -> None:
     for criterion in report["config"]["criteria"]:
         by_ratio: dict[float, list[float]] = {}
         for v in report["variants"]:
-            if v["criterion"] == criterion:
+            if v["criterion"] == criterion and v.get("precision", "fp32") == "fp32":
                 by_ratio.setdefault(v["ratio"], []).append(v["latency"][provider][key]["median_ms"])
         ratios = sorted(by_ratio)
         medians = [float(np.median(by_ratio[r])) for r in ratios]

@@ -54,6 +54,12 @@ def save_pruned(
 
 def load_pruned(path: str | Path) -> nn.Module:
     """Rebuild a pruned model from pruned.pt: the architecture, the pruning history, then the weights."""
+    return load_pruned_with_info(path)[0]
+
+
+def load_pruned_with_info(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """`load_pruned`, plus what pruned.pt says about the model: architecture, num_classes, input_size,
+    mean, std, variant, criterion, ratio."""
     from .pruning import apply_history
     from .zoo import get_spec, load_state_dict_checked
 
@@ -71,7 +77,8 @@ def load_pruned(path: str | Path) -> nn.Module:
     example = torch.zeros(2, *payload["input_size"])
     apply_history(model, payload["pruning_history"], example)
     load_state_dict_checked(model, payload["state_dict"], str(path))
-    return model.eval()
+    info = {k: v for k, v in payload.items() if k not in ("state_dict", "pruning_history", "format")}
+    return model.eval(), info
 
 
 def save_importances(path: Path, scorers: Mapping[str, Any]) -> None:

@@ -60,15 +60,15 @@ def accuracy_table(report: dict) -> list[str]:
 def latency_table(report: dict) -> list[str]:
     provider = report["benchmark"]["providers"][0]
     batches = report["benchmark"]["latency_batches"]
-    original = report["variants"][0]["latency"][provider]
     head = ["variant", "params", "MACs ratio"]
     for b in batches:
-        head += [f"b{b} median ms", f"b{b} p90 ms", f"b{b} speed-up"]
+        head += [f"b{b} median ms", f"b{b} p90 / p99 ms", f"b{b} speed-up (efficiency)"]
     lines = [
         f"onnxruntime {provider}, {report['benchmark']['threads']} threads, {report['benchmark']['runs']} timed "
-        f"calls per variant and batch, interleaved over {report['benchmark']['rounds']} rounds. Speed-up = "
-        "original median / variant median, same run. Random variants share the causal ones' shapes; the "
-        "first seed is shown.",
+        f"calls (and {report['benchmark']['min_seconds']:g} s) at least per variant and batch, interleaved in "
+        f"turns of about {report['benchmark']['slice_seconds']:g} s. Speed-up = original median / variant median, "
+        "same run; efficiency = speed-up / (original MACs / variant MACs). Random variants share the causal ones' "
+        "shapes; the first seed is shown.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -79,12 +79,46 @@ def latency_table(report: dict) -> list[str]:
             continue
         cells = [v["name"], f"{v['params']:,}", f"{v['macs_ratio']:.3f}"]
         for b in batches:
-            t = v["latency"][provider][f"batch_{b}"]
+            t, g = v["latency"][provider][f"batch_{b}"], v["speedup"][provider][f"batch_{b}"]
             cells += [
                 f"{t['median_ms']:.3f}",
-                f"{t['p90_ms']:.3f}",
-                f"{original[f'batch_{b}']['median_ms'] / t['median_ms']:.2f}x",
+                f"{t['p90_ms']:.3f} / {t['p99_ms']:.3f}",
+                f"{g['speedup']:.2f}x ({g['efficiency']:.2f})",
             ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def int8_table(report: dict) -> list[str]:
+    """INT8 twins against their fp32 parents: accuracy and speed-up, same run."""
+    provider = report["benchmark"]["providers"][0]
+    batches = report["benchmark"]["latency_batches"]
+    variants = {v["name"]: v for v in report["variants"]}
+    head = ["INT8 variant", "top-1", "fp32 parent top-1", "drop (points)", "top-1 agreement"]
+    head += [f"b{b} speed-up over parent" for b in batches]
+    lines = [
+        "INT8: onnxruntime static quantisation (QDQ, per-channel int8 weights with reduced range, uint8 "
+        "activations, MinMax on the calibration images), timed in the same interleaved run.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for v in report["variants"]:
+        if v.get("precision") != "int8":
+            continue
+        parent = variants[v["parent"]]
+        cells = [
+            v["name"],
+            f"{v['accuracy']['top1']:.2f}",
+            f"{parent['accuracy']['top1']:.2f}",
+            f"{v['accuracy']['top1_drop_from_parent']:+.2f}",
+            f"{100 * v['parity']['top1_agreement']:.1f}%",
+        ]
+        for b in batches:
+            key = f"batch_{b}"
+            cells.append(
+                f"{parent['latency'][provider][key]['median_ms'] / v['latency'][provider][key]['median_ms']:.2f}x"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -117,6 +151,7 @@ def main() -> None:
         "",
         *latency_table(report),
         "",
+        *([*int8_table(report), ""] if report["config"]["int8"] else []),
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['environment']['versions'].items() if v)}.",
     ]
     text = "\n".join(lines) + "\n"

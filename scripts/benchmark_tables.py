@@ -28,5 +28,5 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         new = old.rstrip() + "\n\n" + text
     else:
         end = old.find("\n### ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+        new = old[:start] + text.rstrip("\n") + "\n" + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new)

@@ -11,13 +11,13 @@ from PIL import Image
 
 from compress.cli import main
 
-FAST = ["--latency-runs", "4", "--quiet"]
+FAST = ["--latency-runs", "4", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "default"
-    code = main(["run", "--out", str(out), "--ratios", "0.2,0.5", "--random-seeds", "3", *FAST])
+    code = main(["run", "--out", str(out), "--ratios", "0.2,0.5", "--random-seeds", "3", "--int8", *FAST])
     return code, out
 
 
@@ -50,14 +50,39 @@ def test_default_report_compares_causal_with_random_and_l1(default_run):
     for ratio in ("0.20", "0.50"):
         assert {f"causal-{ratio}", f"l1-{ratio}"} | {f"random-s{s}-{ratio}" for s in range(3)} <= names
     for v in report["variants"]:
-        assert v["parity"]["max_abs_diff"] <= 1e-4
-        assert {"top1", "top5", "top1_before_recovery"} <= set(v["accuracy"])
+        if v["precision"] == "fp32":  # INT8 files differ by design; their parity is reported, not gated
+            assert v["parity"]["max_abs_diff"] <= 1e-4 and v["parity"]["passed"]
+            assert {"top1", "top5", "top1_before_recovery"} <= set(v["accuracy"])
         assert {"batch_1", "batch_32"} <= set(v["latency"]["cpu"])
     original = report["variants"][0]
     half = next(v for v in report["variants"] if v["name"] == "causal-0.50")
     assert half["onnx_params"] <= 0.4 * original["onnx_params"]
     for row in report["summary"]:
         assert row["causal"]["top1"]["mean"] >= row["random"]["top1"]["mean"]
+
+
+def test_default_report_sets_speedup_against_macs_and_has_int8_twins(default_run):
+    _, out = default_run
+    report = json.loads((out / "report.json").read_text())
+    variants = {v["name"]: v for v in report["variants"]}
+    for v in variants.values():
+        for batch in ("batch_1", "batch_32"):
+            gain = v["speedup"]["cpu"][batch]
+            assert gain["macs_speedup"] == pytest.approx(1 / v["macs_ratio"])
+            assert gain["efficiency"] == pytest.approx(gain["speedup"] / gain["macs_speedup"])
+            assert v["latency"]["cpu"][batch]["p99_ms"] >= v["latency"]["cpu"][batch]["median_ms"]
+    assert variants["original"]["speedup"]["cpu"]["batch_1"]["speedup"] == 1.0
+    int8 = [v for v in report["variants"] if v["precision"] == "int8"]
+    assert [v["name"] for v in int8] == ["original-int8", "causal-0.20-int8", "causal-0.50-int8"]
+    for v in int8:
+        parent = variants[v["parent"]]
+        assert v["accuracy"]["top1"] >= parent["accuracy"]["top1"] - 1.0
+        assert v["quantization"]["format"] == "QDQ" and (out / v["onnx"]).is_file()
+        assert v["macs"] == parent["macs"]
+    assert all(row["causal"]["top1"]["n"] == 1 for row in report["summary"])  # INT8 twins not mixed in
+    assert report["chosen"]["variant"].endswith("-int8") is False
+    order = report["benchmark"]["run_order"]["cpu"]
+    assert order[: len(variants)] == [f"{name}@1" for name in variants]  # one slice each, then again
     assert report["chosen"]["variant"].startswith("causal-")
     chosen = next(v for v in report["variants"] if v["name"] == report["chosen"]["variant"])
     assert (out / "model.onnx").read_bytes() == (out / chosen["onnx"]).read_bytes()
