@@ -1,7 +1,5 @@
 """`python -m compress` is the `compress` command (and what `torchrun -m compress` launches)."""
 
-import sys
+from .cli import console_main
 
-from .cli import main
-
-sys.exit(main())
+console_main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -24,6 +25,7 @@ from .export import EXPORTERS
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
 
 _state = {"debug": False}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class _CommaList(click.ParamType):
@@ -569,6 +571,22 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def console_main() -> None:
+    """The `compress` command and `python -m compress`: exit with `main()`'s code.
+
+    After an interruption the process ends at once with 130. CPython (3.11) remembers a
+    KeyboardInterrupt that crossed C code running Python (pybind11, as torch and onnxruntime use)
+    even when we caught it, and would turn the clean exit into death by SIGINT (-2); by then the
+    staging area is gone and the message is written, so nothing is left to clean up.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _main(argv: list[str] | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="compress", standalone_mode=False)
@@ -583,7 +601,7 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt):
         click.echo("compress: interrupted; no results were written", err=True)
-        return 130
+        return EXIT_INTERRUPTED
     except CompressError as exc:
         if _state["debug"]:
             traceback.print_exc()
