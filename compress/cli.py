@@ -17,9 +17,9 @@ import warnings
 import click
 
 from . import __version__
-from .config import DEFAULT_RATIOS, RunConfig
+from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
-from .errors import CompressError, CompressWarning
+from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning
 from .export import EXPORTERS
 
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
@@ -206,6 +206,12 @@ _model_and_data_options = _options(
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file of settings (keys as the flags, e.g. latency-batch = 32); flags given here override it.",
+)
 @_model_and_data_options
 @click.option(
     "--ratios",
@@ -254,21 +260,42 @@ _model_and_data_options = _options(
     type=float,
     help="Ship the most pruned variant within this many top-1 points of the original.",
 )
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    help="Gate: the shipped model may lose at most this many top-1 points against the original.",
+)
+@click.option(
+    "--min-speedup",
+    type=float,
+    help="Gate: the shipped model must run at least this much faster than the original (--latency-batch).",
+)
+@click.option("--max-size-mb", type=float, help="Gate: model.onnx may be at most this many MB (10^6 bytes).")
 @_output_options("compress-output")
-def run(as_json: bool, quiet: bool, providers: tuple[str, ...], **options) -> None:
+def run(as_json: bool, quiet: bool, config_file: str | None, providers: tuple[str, ...], **options) -> int:
     """Score, prune, recover, export and benchmark a model; write the report to --out.
 
     Writes model.onnx (the shipped variant), onnx/*.onnx (every variant), pruned.pt, importances.npz,
-    report.json, report.md, plots/*.png and manifest.json.
+    report.json, report.md, plots/*.png and manifest.json. Settings come from the flags, over
+    --config FILE (TOML; `compress config show` prints what a run would use). Exit code 1 when a
+    quality gate (--max-accuracy-drop, --min-speedup, --max-size-mb) failed, after writing everything.
     """
     from .pipeline import run as run_pipeline
 
     _configure_output(quiet or as_json)
-    report = run_pipeline(RunConfig(providers=providers or None, **options))
+    report = run_pipeline(_resolve_run_config(click.get_current_context(), config_file, providers, options))
     if as_json:
         click.echo(json.dumps(_summary(report), indent=2))
     elif not quiet:
         click.echo(_text_summary(report))
+    for gate in report["gates"]:
+        if not gate["passed"]:
+            click.echo(
+                f"compress: gate failed: {gate['name']} {gate['value']:.3f} {gate['unit']} "
+                f"(threshold {gate['threshold']:g}); the report is in {report['output_dir']}",
+                err=True,
+            )
+    return EXIT_OK if report["gates_passed"] else EXIT_GATE_FAILED
 
 
 @cli.command()
@@ -478,11 +505,49 @@ def _bench_table(report: dict) -> str:
 
 def run_config_from_args(args: list[str]) -> RunConfig:
     """The configuration `compress run ARGS` would use, for scripts that wrap the pipeline."""
-    params = dict(run.make_context("run", list(args)).params)
+    ctx = run.make_context("run", list(args))
+    params = dict(ctx.params)
     for output_flag in ("as_json", "quiet"):
         params.pop(output_flag)
-    providers = params.pop("providers")
-    return RunConfig(providers=providers or None, **params)
+    return _resolve_run_config(ctx, params.pop("config_file"), params.pop("providers"), params)
+
+
+def _resolve_run_config(
+    ctx: click.Context, config_file: str | None, providers: tuple[str, ...], options: dict
+) -> RunConfig:
+    """Defaults, then the --config file, then the flags given on the command line."""
+    from click.core import ParameterSource
+
+    settings = read_config_file(config_file) if config_file else {}
+    given = {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    }
+    if ctx.get_parameter_source("providers") not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+        given["providers"] = providers
+    elif "providers" not in settings:
+        given["providers"] = None
+    fields = {**options, **settings, **given}
+    return RunConfig(**fields)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Configuration files for `compress run`."""
+
+
+@config_group.command("show")
+@click.pass_context
+def config_show(ctx: click.Context, **kwargs) -> None:
+    """Print the configuration `compress run` would use with these flags, as TOML (--config reads it)."""
+    params = dict(kwargs)
+    config = _resolve_run_config(ctx, params.pop("config_file"), params.pop("providers"), params)
+    config.validate()
+    click.echo(config_to_toml(config), nl=False)
+
+
+config_show.params.extend(p for p in run.params if p.name not in ("as_json", "quiet"))
 
 
 @cli.command("models")
@@ -516,6 +581,8 @@ def _summary(report: dict) -> dict:
     return {
         "output_dir": report["output_dir"],
         "chosen": report["chosen"],
+        "gates": report["gates"],
+        "gates_passed": report["gates_passed"],
         "variants": [
             {
                 "name": v["name"],

@@ -1,9 +1,26 @@
-"""One run's configuration: every CLI flag maps onto a field; `validate` names the bad one."""
+"""One run's configuration: every CLI flag maps onto a field; `validate` names the bad one.
+
+A configuration file (TOML) holds the same fields under their flag names (`latency-batch` or
+`latency_batch`); flags given on the command line override it. `compress config show` prints the
+result.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import sys
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import onnx
 
@@ -53,9 +70,12 @@ class RunConfig:
     warmup: int = 10
     int8: bool = False  # also an INT8 (QDQ) twin of the original and of every ship-criterion variant
     int8_images: int = 512  # calibration images that set the INT8 activation ranges
-    # choosing what to ship
+    # choosing what to ship, and the quality gates it must pass (None: no gate)
     ship_criterion: str = "causal"
     accuracy_tolerance: float = 1.0
+    max_accuracy_drop: float | None = None  # top-1 points the shipped model may lose against the original
+    min_speedup: float | None = None  # measured speed-up of the shipped model at the larger latency batch
+    max_size_mb: float | None = None  # size of model.onnx, MB (10^6 bytes)
     # output
     out: str = "compress-output"
     force: bool = False
@@ -102,6 +122,10 @@ class RunConfig:
             raise ConfigError(f"parity_tolerance must be > 0, got {self.parity_tolerance:g}")
         if self.accuracy_tolerance < 0:
             raise ConfigError(f"accuracy_tolerance must be >= 0 (points), got {self.accuracy_tolerance:g}")
+        for name in ("max_accuracy_drop", "min_speedup", "max_size_mb"):
+            value = getattr(self, name)
+            if value is not None and (not value >= 0 or math.isinf(value)):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.exporter not in EXPORTERS:
             raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
         if self.ship_criterion not in self.criteria:
@@ -128,3 +152,93 @@ class RunConfig:
 def _positive_int(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def config_keys() -> list[str]:
+    """The keys a configuration file may hold: the fields of RunConfig."""
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in the TOML file `path`, checked against RunConfig's fields and types.
+
+    Keys may use dashes (as the flags do) or underscores; an unknown key is an error naming the
+    closest valid one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc})") from exc
+    if set(data) == {"run"} and isinstance(data["run"], Mapping):  # a [run] table is accepted too
+        data = dict(data["run"])
+    types = typing.get_type_hints(RunConfig)
+    settings = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in types:
+            close = difflib.get_close_matches(key, config_keys(), n=1)
+            hint = f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""
+            raise ConfigError(f"{path}: unknown key {raw_key!r}{hint} (`compress config show` lists every key)")
+        settings[key] = _coerce(path, raw_key, value, types[key])
+    return settings
+
+
+def _coerce(path: Path, key: str, value: Any, hint: Any) -> Any:
+    """`value` from the file as the field type `hint` wants it, or a ConfigError naming the key."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    base = typing.get_origin(hint) or hint
+    if optional and len(args) == 1:  # X | None
+        base, args = typing.get_origin(args[0]) or args[0], list(typing.get_args(args[0]))
+    if base is tuple:
+        item = args[0] if args else str
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{path}: {key} must be a list, e.g. {key} = [...], got {value!r}")
+        return tuple(_scalar(path, key, v.strip() if isinstance(v, str) else v, item) for v in items)
+    return _scalar(path, key, value, base)
+
+
+def _scalar(path: Path, key: str, value: Any, kind: Any) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(kind, True)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ConfigError(f"{path}: {key} must be {_TYPE_NAMES.get(kind, kind)}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def config_to_toml(config: RunConfig) -> str:
+    """`config` as a TOML file `--config` reads back; unset values are shown as comments."""
+    lines = []
+    for key, value in asdict(config).items():
+        name = key.replace("_", "-")
+        if value is None:
+            lines.append(f"# {name} = ...  (not set)")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -34,6 +34,7 @@ from .data import DataSplits, load_data, make_loader
 from .errors import ConfigError, DataError, ModelError
 from .evaluation import evaluate
 from .export import check_parity, export_onnx
+from .gates import check_gates
 from .onnx_info import preprocessing_metadata
 from .progress import progress
 from .pruning import count_macs_params, layer_widths, output_layer_names, prune
@@ -373,6 +374,8 @@ def _assemble_report(
 ) -> dict[str, Any]:
     splits, loaded, records = inputs.splits, inputs.loaded, variants.records
     settings = latency.settings
+    chosen = choose_variant(records, config)
+    gates = check_gates(config, records, chosen["variant"], inputs.providers[0])
     session = next(iter(variants.sessions.values()))
     return {
         "schema": REPORT_SCHEMA,
@@ -422,7 +425,9 @@ def _assemble_report(
         "environment": environment(),
         "variants": records,
         "summary": summarise_by_ratio(records, config.criteria),
-        "chosen": choose_variant(records, config),
+        "chosen": chosen,
+        "gates": gates,
+        "gates_passed": all(g["passed"] for g in gates),
     }
 
 

@@ -117,6 +117,12 @@ def write_report_md(report: dict[str, Any]) -> str:
                 cells.append(f"{g['speedup']:.2f}x ({g['efficiency']:.2f})" if g else "—")
         cells.append(f"{v['parity']['max_abs_diff']:.2e}")
         lines.append("| " + " | ".join(cells) + " |")
+    if report.get("gates"):
+        lines += ["", "## Quality gates", "", "| gate | threshold | value | result | what |", "|---|---|---|---|---|"]
+        for g in report["gates"]:
+            result = "pass" if g["passed"] else "**FAIL**"
+            threshold, value = f"{g['threshold']:g} {g['unit']}", f"{g['value']:.3f} {g['unit']}"
+            lines.append(f"| {g['name']} | {threshold} | {value} | {result} | {g['what']} |")
     kept = {v["name"]: v["kept_unpruned"] for v in variants if v.get("kept_unpruned")}
     if kept:
         lines += ["", "## Groups kept unpruned for safety", ""]

@@ -230,7 +230,7 @@ def test_every_config_field_has_a_flag_with_the_same_default():
     from compress.cli import run, run_config_from_args
     from compress.config import RunConfig
 
-    flags = {p.name for p in run.params} - {"as_json", "quiet"}
+    flags = {p.name for p in run.params} - {"as_json", "quiet", "config_file"}
     assert flags == {f.name for f in dataclasses.fields(RunConfig)}
     assert run_config_from_args([]) == RunConfig()
 

@@ -1,0 +1,89 @@
+"""Release pipelines: configuration files, `compress config show`, and quality gates with exit code 1."""
+
+import json
+
+import pytest
+
+from compress.cli import main, run_config_from_args
+from compress.config import RunConfig, read_config_file
+from compress.errors import ConfigError
+
+FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
+
+
+def test_a_config_file_sets_fields_and_flags_override_it(tmp_path):
+    path = tmp_path / "compress.toml"
+    path.write_text('ratios = [0.3, 0.5]\ncriteria = "causal,random"\nrandom-seeds = 2\nlatency_batch = 16\n')
+    config = run_config_from_args(["--config", str(path), "--random-seeds", "5"])
+    assert config.ratios == (0.3, 0.5) and config.criteria == ("causal", "random")
+    assert config.random_seeds == 5  # the flag wins
+    assert config.latency_batch == 16  # underscores work like dashes
+    assert run_config_from_args([]) == RunConfig()
+
+
+def test_config_show_prints_toml_that_reads_back_to_the_same_configuration(tmp_path, capsys):
+    path = tmp_path / "compress.toml"
+    path.write_text("[run]\nratios = [0.25]\nmax-size-mb = 3.5\n")  # a [run] table works too
+    assert main(["config", "show", "--config", str(path), "--seed", "7"]) == 0
+    shown = capsys.readouterr().out
+    assert "ratios = [0.25]" in shown and "seed = 7" in shown and "max-size-mb = 3.5" in shown
+    again = tmp_path / "shown.toml"
+    again.write_text(shown)
+    assert run_config_from_args(["--config", str(again)]) == run_config_from_args(
+        ["--config", str(path), "--seed", "7"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ratioz = [0.3]\n", "unknown key 'ratioz'; did you mean 'ratios'?"),
+        ("latency-bach = 8\n", "unknown key 'latency-bach'; did you mean 'latency-batch'?"),
+        ("random-seeds = 'three'\n", "random-seeds must be an integer, got 'three'"),
+        ("ratios = 0.3\n", "ratios must be a list"),
+        ("force = 1\n", "force must be true or false, got 1"),
+        ("ratios = [0.3\n", "is not valid TOML"),
+    ],
+)
+def test_bad_config_files_name_the_key(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
+        read_config_file(path)
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_gate_thresholds_are_refused():
+    with pytest.raises(ConfigError, match="min_speedup must be a finite number >= 0"):
+        RunConfig(min_speedup=-1).validate()
+
+
+def _run(tmp_path, name, *gates):
+    out = tmp_path / name
+    args = ["run", "--out", str(out), "--ratios", "0.5", "--criteria", "causal", "--quiet", *FAST, *gates]
+    return main(args), out
+
+
+def test_a_gate_just_above_and_just_below_the_measured_value_flips_the_exit_code(tmp_path, capsys):
+    code, out = _run(tmp_path, "probe", "--max-accuracy-drop", "100")
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    drop = report["gates"][0]["value"]
+    original = report["variants"][0]["accuracy"]["top1"]
+    assert drop == pytest.approx(original - report["variants"][1]["accuracy"]["top1"])
+
+    code, out = _run(tmp_path, "pass", "--max-accuracy-drop", f"{drop + 0.01}", "--max-size-mb", "100")
+    assert code == 0 and json.loads((out / "report.json").read_text())["gates_passed"] is True
+
+    code, out = _run(tmp_path, "fail", "--max-accuracy-drop", f"{drop - 0.01}", "--min-speedup", "1000")
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())  # written in full despite the failed gates
+    assert report["gates_passed"] is False
+    assert {g["name"]: g["passed"] for g in report["gates"]} == {"max_accuracy_drop": False, "min_speedup": False}
+    assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
+    assert "Quality gates" in (out / "report.md").read_text()
+    err = capsys.readouterr().err
+    assert "gate failed: max_accuracy_drop" in err and "gate failed: min_speedup" in err
