@@ -1,0 +1,71 @@
+"""Reproducible, safely written artifacts: same inputs and seed give the same files; writes are confined."""
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from compress.artifacts import OutputDir, OutputFiles
+from compress.cli import main
+from compress.errors import OutputError
+
+FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_same_inputs_and_seed_give_identical_importances_channels_and_onnx_weights(tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        args = ["run", "--out", str(out), "--ratios", "0.3", "--criteria", "causal,random", "--random-seeds", "2"]
+        assert main([*args, "--quiet", *FAST]) == 0
+        runs.append(out)
+    first, second = runs
+    assert (first / "importances.npz").read_bytes() == (second / "importances.npz").read_bytes()
+    history = [torch.load(out / "pruned.pt", weights_only=True)["pruning_history"] for out in runs]
+    assert history[0] == history[1] and history[0]
+    for onnx_file in sorted((first / "onnx").glob("*.onnx")):
+        a, b = _weights(onnx_file), _weights(second / "onnx" / onnx_file.name)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), onnx_file.name
+    manifests = [json.loads((out / "manifest.json").read_text()) for out in runs]
+    assert manifests[0]["input_model"]["sha256"] == manifests[1]["input_model"]["sha256"]
+    assert manifests[0]["seeds"] == manifests[1]["seeds"] == {"seed": 0, "random_baselines": [0, 1]}
+    assert manifests[0]["files"]["importances.npz"] == manifests[1]["files"]["importances.npz"]
+
+
+def test_output_paths_are_confined_to_the_output_directory(tmp_path):
+    with OutputDir(tmp_path / "out") as out, pytest.raises(OutputError, match="outside the output directory"):
+        out.path("../escape.txt")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with OutputDir(tmp_path / "out") as out:
+        monkeypatch.setattr(Path, "write_text", no_space)
+        with pytest.raises(OutputError, match=r"no space left on the device while writing .*report\.json"):
+            out.write_text("report.json", "{}")
+        monkeypatch.undo()
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_staged_files_appear_only_when_committed(tmp_path):
+    target = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError), OutputFiles() as files:
+        files.stage(target).write_text("half")
+        raise RuntimeError("crash half-way")
+    assert not list(tmp_path.iterdir())
+    with OutputFiles() as files:
+        files.stage(target).write_text("whole")
+        files.commit()
+    assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
