@@ -271,6 +271,16 @@ _model_and_data_options = _options(
     help="Gate: the shipped model must run at least this much faster than the original (--latency-batch).",
 )
 @click.option("--max-size-mb", type=float, help="Gate: model.onnx may be at most this many MB (10^6 bytes).")
+@click.option(
+    "--target-macs-ratio",
+    type=float,
+    help="Find the pruning ratio that keeps at most this fraction of the MACs, add it to --ratios, ship it.",
+)
+@click.option(
+    "--target-speedup",
+    type=float,
+    help="Find the pruning ratio whose measured speed-up (--latency-batch) reaches this, add it, ship it.",
+)
 @_output_options("compress-output")
 def run(as_json: bool, quiet: bool, config_file: str | None, providers: tuple[str, ...], **options) -> int:
     """Score, prune, recover, export and benchmark a model; write the report to --out.

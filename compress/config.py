@@ -76,6 +76,8 @@ class RunConfig:
     max_accuracy_drop: float | None = None  # top-1 points the shipped model may lose against the original
     min_speedup: float | None = None  # measured speed-up of the shipped model at the larger latency batch
     max_size_mb: float | None = None  # size of model.onnx, MB (10^6 bytes)
+    target_macs_ratio: float | None = None  # find the ratio keeping at most this fraction of the MACs; ship it
+    target_speedup: float | None = None  # find the ratio whose measured speed-up reaches this; ship it
     # output
     out: str = "compress-output"
     force: bool = False
@@ -122,6 +124,12 @@ class RunConfig:
             raise ConfigError(f"parity_tolerance must be > 0, got {self.parity_tolerance:g}")
         if self.accuracy_tolerance < 0:
             raise ConfigError(f"accuracy_tolerance must be >= 0 (points), got {self.accuracy_tolerance:g}")
+        if self.target_macs_ratio is not None and self.target_speedup is not None:
+            raise ConfigError("give target_macs_ratio or target_speedup, not both")
+        if self.target_macs_ratio is not None and not 0 < self.target_macs_ratio < 1:
+            raise ConfigError(f"target_macs_ratio must be in (0, 1), got {self.target_macs_ratio:g}")
+        if self.target_speedup is not None and not 1 < self.target_speedup < math.inf:
+            raise ConfigError(f"target_speedup must be a finite number > 1, got {self.target_speedup:g}")
         for name in ("max_accuracy_drop", "min_speedup", "max_size_mb"):
             value = getattr(self, name)
             if value is not None and (not value >= 0 or math.isinf(value)):

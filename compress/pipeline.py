@@ -42,6 +42,7 @@ from .quantize import quantize_int8
 from .recovery import recalibrate_batchnorm
 from .report import summarise_by_ratio, write_plots, write_report_md
 from .serialization import save_importances, save_pruned
+from .targets import TargetSearch, search_macs_ratio, search_speedup
 from .zoo import LoadedModel, get_spec, load_model
 
 log = logging.getLogger("compress")
@@ -59,7 +60,9 @@ class PlannedVariant:
     @property
     def name(self) -> str:
         seed = f"-s{self.seed}" if self.seed is not None else ""
-        return f"{self.criterion}{seed}-{self.ratio:.2f}"
+        # two decimals as a rule; more for a ratio a target search found, so names never collide
+        label = f"{self.ratio:.2f}" if round(self.ratio, 2) == self.ratio else f"{self.ratio:.4f}".rstrip("0")
+        return f"{self.criterion}{seed}-{label}"
 
 
 @dataclass
@@ -86,10 +89,12 @@ class _Variants:
     models: dict[str, nn.Module] = field(default_factory=dict)  # fp32 variants to quantise: name -> model
 
 
-def plan_variants(config: RunConfig) -> list[PlannedVariant]:
-    """Every (criterion, ratio, seed) the run prunes, grouped by ratio so tables read naturally."""
+def plan_variants(config: RunConfig, target: TargetSearch | None = None) -> list[PlannedVariant]:
+    """Every (criterion, ratio, seed) the run prunes, grouped by ratio so tables read naturally; the
+    ratio a target search found is pruned like the others."""
     plan = []
-    for ratio in config.ratios:
+    ratios = sorted({*config.ratios, *([target.ratio] if target else [])})
+    for ratio in ratios:
         for criterion in config.criteria:
             seeds = config.random_seed_list() if criterion == "random" else [None]
             plan.extend(PlannedVariant(criterion, ratio, seed) for seed in seeds)
@@ -102,12 +107,13 @@ def run(config: RunConfig) -> dict[str, Any]:
     with OutputDir(config.out, force=config.force) as out:
         torch.manual_seed(config.seed)
         inputs = load_inputs(config)
+        target = _search_target(config, inputs)
         scorers = _score(config, inputs)
-        variants = _build_variants(config, inputs, scorers, out)
+        variants = _build_variants(config, inputs, scorers, out, target)
         if config.int8:
             _add_int8_variants(config, inputs, variants, out)
         latency = _measure_latency(config, inputs, variants, out)
-        report = _assemble_report(config, inputs, scorers, variants, latency)
+        report = _assemble_report(config, inputs, scorers, variants, latency, target)
         _write_outputs(out, report, variants, scorers, inputs)
         out.write_manifest(
             {
@@ -177,7 +183,28 @@ def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
     return scorers
 
 
-def _build_variants(config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer], out: OutputDir) -> _Variants:
+def _search_target(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
+    """The pruning ratio that meets --target-macs-ratio or --target-speedup, if one is asked for."""
+    common = {"protected": inputs.protected, "round_to": config.round_to}
+    if config.target_macs_ratio is not None:
+        return search_macs_ratio(inputs.model, inputs.example, config.target_macs_ratio, **common)
+    if config.target_speedup is not None:
+        images = inputs.eval_images[: config.latency_batch].numpy()
+        return search_speedup(
+            inputs.model,
+            inputs.example,
+            images,
+            config.target_speedup,
+            provider=inputs.providers[0],
+            threads=config.threads,
+            **common,
+        )
+    return None
+
+
+def _build_variants(
+    config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer], out: OutputDir, target: TargetSearch | None
+) -> _Variants:
     """The original and every planned variant: pruned, recovered, exported, checked and evaluated."""
     calibration = inputs.splits.loader("calibration", config.batch_size)
     evaluation = inputs.splits.loader("evaluation", config.batch_size)
@@ -189,7 +216,7 @@ def _build_variants(config: RunConfig, inputs: _Inputs, scorers: dict[str, Score
     variants.models["original"] = inputs.model
     original["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
 
-    for planned in progress(plan_variants(config), desc="variants", unit="variant"):
+    for planned in progress(plan_variants(config, target), desc="variants", unit="variant"):
         pruned = prune(
             inputs.model,
             importance_factory(planned.criterion, scorers.get(planned.criterion), planned.seed or 0),
@@ -371,10 +398,11 @@ def _assemble_report(
     scorers: dict[str, Scorer],
     variants: _Variants,
     latency: _Latency,
+    target: TargetSearch | None,
 ) -> dict[str, Any]:
     splits, loaded, records = inputs.splits, inputs.loaded, variants.records
     settings = latency.settings
-    chosen = choose_variant(records, config)
+    chosen = choose_variant(records, config, target)
     gates = check_gates(config, records, chosen["variant"], inputs.providers[0])
     session = next(iter(variants.sessions.values()))
     return {
@@ -426,6 +454,7 @@ def _assemble_report(
         "variants": records,
         "summary": summarise_by_ratio(records, config.criteria),
         "chosen": chosen,
+        "target": target.as_dict() if target else None,
         "gates": gates,
         "gates_passed": all(g["passed"] for g in gates),
     }
@@ -484,15 +513,29 @@ def _channel_ratio(widths: dict[str, int], base: dict[str, int], protected: list
     return sum(widths[n] for n in names) / max(1, sum(base[n] for n in names))
 
 
-def choose_variant(variants: list[dict[str, Any]], config: RunConfig) -> dict[str, Any]:
-    """The ship criterion's most pruned variant within `accuracy_tolerance` points of the original.
+def choose_variant(
+    variants: list[dict[str, Any]], config: RunConfig, target: TargetSearch | None = None
+) -> dict[str, Any]:
+    """The ship criterion's variant at the ratio a target search found, if there was one; else its
+    most pruned variant within `accuracy_tolerance` points of the original.
 
     If none is within tolerance, the least pruned one ships, and the reason says so.
     """
     original = variants[0]["accuracy"]["top1"]
     candidates = [v for v in variants if v["criterion"] == config.ship_criterion and v["precision"] == "fp32"]
     good = [v for v in candidates if v["accuracy"]["top1"] >= original - config.accuracy_tolerance]
-    if good:
+    if target is not None:
+        pick = next(v for v in candidates if v["ratio"] == target.ratio)
+        what = "MACs ratio" if target.kind == "macs_ratio" else "measured speed-up"
+        if target.reached:
+            found = f"{target.ratio:g} is the smallest pruning ratio that reaches it ({what} {target.value:.3f})"
+        else:
+            found = f"not reached: even pruning ratio {target.ratio:g} gave {what} {target.value:.3f}"
+        reason = (
+            f"target {what} {target.target:g}: {found}; top-1 {pick['accuracy']['top1']:.2f}% against the "
+            f"original's {original:.2f}%"
+        )
+    elif good:
         pick = max(good, key=lambda v: v["ratio"])
         reason = (
             f"largest {config.ship_criterion} pruning ratio whose top-1 accuracy "
@@ -510,7 +553,7 @@ def choose_variant(variants: list[dict[str, Any]], config: RunConfig) -> dict[st
         "file": "model.onnx",
         "pruned_weights": "pruned.pt",
         "reason": reason,
-        "within_tolerance": bool(good),
+        "within_tolerance": bool(pick["accuracy"]["top1"] >= original - config.accuracy_tolerance),
     }
 
 

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from compress.benchmark import LatencySettings
 from compress.cli import main, run_config_from_args
 from compress.config import RunConfig, read_config_file
 from compress.errors import ConfigError
+from compress.targets import MAX_RATIO, bisect_ratio, search_speedup
 
 FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
 
@@ -87,3 +89,46 @@ def test_a_gate_just_above_and_just_below_the_measured_value_flips_the_exit_code
     assert "Quality gates" in (out / "report.md").read_text()
     err = capsys.readouterr().err
     assert "gate failed: max_accuracy_drop" in err and "gate failed: min_speedup" in err
+
+
+def test_bisection_finds_the_smallest_ratio_that_reaches_the_target():
+    ratio, value, reached, steps = bisect_ratio(lambda r: 1 - r, lambda v: v <= 0.6, steps=10)
+    assert reached and 0.4 <= ratio <= 0.4 + MAX_RATIO / 2**10 and value <= 0.6
+    assert len(steps) == 11 and steps[0]["ratio"] == MAX_RATIO
+    ratio, value, reached, _ = bisect_ratio(lambda r: 1 - r, lambda v: v <= 0.01)
+    assert (ratio, reached) == (MAX_RATIO, False) and value == pytest.approx(0.05)
+
+
+def test_target_macs_ratio_picks_and_ships_the_smallest_ratio_that_meets_it(tmp_path):
+    out = tmp_path / "target"
+    args = ["run", "--out", str(out), "--ratios", "0.5", "--criteria", "causal", "--target-macs-ratio", "0.6"]
+    assert main([*args, "--quiet", *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    target = report["target"]
+    assert target["kind"] == "macs_ratio" and target["reached"]
+    shipped = next(v for v in report["variants"] if v["name"] == report["chosen"]["variant"])
+    assert shipped["ratio"] == target["ratio"] and shipped["macs_ratio"] <= 0.6
+    assert any(s["ratio"] < target["ratio"] and s["value"] > 0.6 for s in target["steps"])  # one step less misses
+    assert "target MACs ratio 0.6" in report["chosen"]["reason"]
+    assert {v["ratio"] for v in report["variants"] if v["criterion"]} == {0.5, target["ratio"]}
+
+
+def test_speedup_search_times_candidates_against_the_original(digits_splits, digits_model):
+    example = digits_splits.example_batch(8)
+    images = example.numpy()
+    settings = LatencySettings(warmup=1, runs=3, min_seconds=0, window_seconds=0)
+    search = search_speedup(
+        digits_model, example, images, 1.01, protected=["fc"], round_to=4, settings=settings, steps=2
+    )
+    assert search.kind == "speedup" and len(search.steps) == 3 and search.steps[0]["ratio"] == MAX_RATIO
+    assert all(s["value"] > 0 for s in search.steps)
+    assert search.reached == (search.value >= 1.01)
+
+
+def test_targets_are_validated():
+    with pytest.raises(ConfigError, match="not both"):
+        RunConfig(target_macs_ratio=0.5, target_speedup=2.0).validate()
+    with pytest.raises(ConfigError, match=r"target_macs_ratio must be in \(0, 1\)"):
+        RunConfig(target_macs_ratio=1.5).validate()
+    with pytest.raises(ConfigError, match="target_speedup must be a finite number > 1"):
+        RunConfig(target_speedup=0.5).validate()
