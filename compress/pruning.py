@@ -56,9 +56,41 @@ class _GroupRejected(Exception):
 
 
 def output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
-    """The layers producing the model's outputs (traced), whose output channels are never pruned."""
+    """The layers producing the model's outputs (traced), whose output channels are never pruned.
+
+    Raises PruningError when torch-pruning's trace misses a conv or linear layer: it follows the
+    autograd graph, so a layer run under torch.no_grad, behind a .detach() or a non-differentiable op
+    is invisible to it and would silently never be pruned (or be pruned without its consumers).
+    """
     observed = copy.deepcopy(model).eval()
-    return find_output_layers(build_dependency_graph(observed, example_inputs))
+    graph = build_dependency_graph(observed, example_inputs)
+    names = {m: n for n, m in observed.named_modules()}
+    missing = [names[m] for m in _layers_run(observed, example_inputs) if m not in graph.module2node]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise PruningError(
+            f"torch-pruning cannot trace layer(s) {shown} of {type(model).__name__}: they are not in the autograd "
+            "graph of the output (run under torch.no_grad, behind .detach() or a non-differentiable op); "
+            "make the forward differentiable to prune this model"
+        )
+    return find_output_layers(graph)
+
+
+def _layers_run(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
+    """The conv and linear layers a forward pass actually runs (an unused auxiliary head is not one)."""
+    ran: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda module, args, out: ran.append(module))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(ran))
 
 
 def prune(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,8 +203,10 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
                 "model.state_dict() instead, or pass --trust-checkpoint if you trust its source"
             ) from exc
         raise ModelError(f"checkpoint {path} is corrupt or not a PyTorch file (unpickling failed)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from exc
+    except Exception as exc:  # torch.load fails on foreign bytes in many ways (KeyError for a text file)
+        raise ModelError(
+            f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
 
     if isinstance(obj, nn.Module):  # only reachable with trust_checkpoint
         obj = obj.state_dict()

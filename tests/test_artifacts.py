@@ -10,9 +10,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compress.artifacts import OutputDir, OutputFiles
+from compress.artifacts import OutputDir, OutputFiles, sha256
 from compress.cli import main
 from compress.errors import OutputError
+from compress.zoo import MODELS_DIR
 
 FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
 
@@ -22,6 +23,8 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_same_inputs_and_seed_give_identical_importances_channels_and_onnx_weights(tmp_path):
+    checkpoint = MODELS_DIR / "digits_cnn.pt"
+    before = (sha256(checkpoint), checkpoint.stat().st_mtime_ns)
     runs = []
     for name in ("first", "second"):
         out = tmp_path / name
@@ -39,6 +42,8 @@ def test_same_inputs_and_seed_give_identical_importances_channels_and_onnx_weigh
     assert manifests[0]["input_model"]["sha256"] == manifests[1]["input_model"]["sha256"]
     assert manifests[0]["seeds"] == manifests[1]["seeds"] == {"seed": 0, "random_baselines": [0, 1]}
     assert manifests[0]["files"]["importances.npz"] == manifests[1]["files"]["importances.npz"]
+    assert manifests[0]["input_model"]["sha256"] == before[0]
+    assert (sha256(checkpoint), checkpoint.stat().st_mtime_ns) == before  # the user's input is never written
 
 
 def test_output_paths_are_confined_to_the_output_directory(tmp_path):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn as nn
 import torchvision
 from builders import Depthwise, OptionAResNet, batches, randomise_batchnorm
 
@@ -8,7 +9,7 @@ from compress.benchmark import make_session
 from compress.criteria import CausalImportance, SeededRandomImportance, l1_importance
 from compress.errors import CompressWarning, PruningError
 from compress.export import check_parity, export_onnx
-from compress.pruning import count_macs_params, layer_widths
+from compress.pruning import count_macs_params, layer_widths, output_layer_names
 from compress.serialization import load_pruned, save_pruned
 from compress.zoo import DigitsCNN
 
@@ -121,3 +122,23 @@ def test_pruned_checkpoint_round_trips_with_weights_only(tmp_path):
     loaded = load_pruned(path)
     torch.testing.assert_close(loaded(x), result.model(x))
     assert layer_widths(loaded) == layer_widths(result.model)
+
+
+class _NoGradBody(nn.Module):
+    """Convolutions under torch.no_grad: invisible to torch-pruning's autograd trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        with torch.no_grad():
+            x = self.conv2(self.conv(x).relu()).relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_model_torch_pruning_cannot_trace_is_named_not_silently_left_whole():
+    with pytest.raises(PruningError, match=r"cannot trace layer\(s\) conv, conv2 of _NoGradBody"):
+        output_layer_names(_NoGradBody().eval(), torch.randn(2, 1, 8, 8))

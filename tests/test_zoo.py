@@ -40,6 +40,9 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 50)
     with pytest.raises(ModelError, match="corrupt or not a PyTorch file"):
         load_model(spec, tmp_path / "junk.pt")
+    (tmp_path / "notes.txt").write_text("hello\n")  # the weights-only unpickler raises KeyError on it
+    with pytest.raises(ModelError, match="corrupt or not a PyTorch file"):
+        load_model(spec, tmp_path / "notes.txt")
     _save(tmp_path / "none.pt", {"epoch": 3})
     with pytest.raises(ModelError, match="no weights"):
         load_model(spec, tmp_path / "none.pt")
