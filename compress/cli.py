@@ -19,7 +19,7 @@ import click
 from . import __version__
 from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
-from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning
+from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning, ConfigError
 from .export import EXPORTERS
 
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
@@ -539,6 +539,12 @@ def _resolve_run_config(
     elif "providers" not in settings:
         given["providers"] = None
     fields = {**options, **settings, **given}
+    explicit = {**settings, **given}
+    if "ship_criterion" in explicit and explicit["ship_criterion"] not in fields["criteria"]:
+        raise ConfigError(
+            f"ship criterion {explicit['ship_criterion']!r} is not among the criteria run "
+            f"({', '.join(fields['criteria'])}); add it to --criteria"
+        )
     return RunConfig(**fields)
 
 

@@ -176,6 +176,7 @@ def test_torchvision_model_with_weights_and_image_folder(tmp_path):
         (["--provider", "cuda"], "provider 'cuda' is not available"),
         (["--opset", "99"], "opset must be at most"),
         (["--mean", "0.5,0.5"], "mean/std have 2/1 values but the model takes 1 channels"),
+        (["--criteria", "causal", "--ship-criterion", "l1"], "ship criterion 'l1' is not among the criteria run"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
