@@ -15,15 +15,7 @@ from typing import Any
 
 from . import __version__
 from .artifacts import environment, sha256
-from .benchmark import (
-    PROVIDERS,
-    LatencySettings,
-    interleaving_summary,
-    make_session,
-    measure_latency,
-    onnx_accuracy,
-    speedups,
-)
+from .benchmark import LatencySettings, make_session, onnx_accuracy, time_providers
 from .data import load_data
 from .errors import ConfigError
 from .onnx_info import OnnxInfo, read_onnx_info
@@ -102,17 +94,20 @@ def bench_files(paths: Sequence[str | Path], settings: BenchSettings | None = No
                 "speedup": {},
             }
         )
-    macs = {r["name"]: r["macs"] for r in records}
-    order = {}
-    for provider in providers:
-        if provider != providers[0]:
-            sessions = {name: make_session(path, provider, settings.threads) for name, path in files.items()}
-        measured = measure_latency(sessions, inputs, latency, device=PROVIDERS[provider][1])
-        gains = speedups(measured.timings, macs, baseline=names[0])
+    timed = time_providers(
+        files,
+        inputs,
+        latency,
+        providers,
+        macs={r["name"]: r["macs"] for r in records},
+        baseline=names[0],
+        threads=settings.threads,
+        sessions=sessions,
+    )
+    for provider, timing in timed.items():
         for record in records:
-            record["latency"][provider] = measured.timings[record["name"]]
-            record["speedup"][provider] = gains[record["name"]]
-        order[provider] = interleaving_summary(measured.order, limit=2 * len(names))
+            record["latency"][provider] = timing.latency[record["name"]]
+            record["speedup"][provider] = timing.speedup[record["name"]]
     return {
         "schema": "compress.bench/1",
         "compress_version": __version__,
@@ -129,7 +124,7 @@ def bench_files(paths: Sequence[str | Path], settings: BenchSettings | None = No
             "rounds": latency.rounds,
             "slice_seconds": latency.slice_seconds,
             "interleaved": True,
-            "run_order": order,
+            "run_order": {provider: timing.order for provider, timing in timed.items()},
             "io_binding": True,
         },
         "variants": records,

@@ -213,8 +213,6 @@ class LatencyRun:
 
     timings: dict[str, dict[str, dict[str, float]]]
     order: list[tuple[str, int]] = field(default_factory=list)  # (variant, batch) per timed slice, in order
-    settings: LatencySettings | None = None
-    samples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # every timed call, ms, in order
 
 
 def measure_latency(
@@ -231,7 +229,7 @@ def measure_latency(
     settings = settings or LatencySettings()
     settings.validate()
     names = list(sessions)
-    result = LatencyRun(timings={name: {} for name in names}, settings=settings)
+    result = LatencyRun(timings={name: {} for name in names})
     bar = progress_bar(0, desc="timing", unit="slice")
     try:
         for batch, array in inputs.items():
@@ -250,7 +248,6 @@ def measure_latency(
                     bar.update(1)
             for name in names:
                 result.timings[name][f"batch_{batch}"] = summarise(np.asarray(samples[name]), batch)
-                result.samples.setdefault(name, {})[f"batch_{batch}"] = np.asarray(samples[name])
     finally:
         bar.close()
     return result
@@ -301,6 +298,42 @@ def speedups(
                 "macs_speedup": promised,
                 "efficiency": measured / promised if promised > 0 else float("nan"),
             }
+    return result
+
+
+@dataclass
+class ProviderTiming:
+    """One provider's timing of a set of files: latency and speed-ups per file and batch, and the
+    first slices of the run order ('name@batch')."""
+
+    latency: dict[str, dict[str, dict[str, float]]]
+    speedup: dict[str, dict[str, dict[str, float]]]
+    order: list[str]
+
+
+def time_providers(
+    files: Mapping[str, str | Path],
+    inputs: Mapping[int, np.ndarray],
+    settings: LatencySettings,
+    providers: Sequence[str],
+    *,
+    macs: Mapping[str, float],
+    baseline: str,
+    threads: int | None = None,
+    sessions: Mapping[str, Any] | None = None,
+) -> dict[str, ProviderTiming]:
+    """Time the ONNX `files` ({name: path}) interleaved on each provider, with speed-ups over
+    `baseline`. `sessions`, if given, are open sessions of the first provider, reused."""
+    result = {}
+    for provider in providers:
+        if sessions is None or provider != providers[0]:
+            sessions = {name: make_session(path, provider, threads) for name, path in files.items()}
+        measured = measure_latency(sessions, inputs, settings, device=PROVIDERS[provider][1])
+        result[provider] = ProviderTiming(
+            latency=measured.timings,
+            speedup=speedups(measured.timings, macs, baseline),
+            order=interleaving_summary(measured.order, limit=2 * len(files)),
+        )
     return result
 
 

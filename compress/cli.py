@@ -529,16 +529,13 @@ def _resolve_run_config(
     from click.core import ParameterSource
 
     settings = read_config_file(config_file) if config_file else {}
+    values = {**options, "providers": providers or None}  # no --provider: every available one
     given = {
         name: value
-        for name, value in options.items()
+        for name, value in values.items()
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
-    if ctx.get_parameter_source("providers") not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
-        given["providers"] = providers
-    elif "providers" not in settings:
-        given["providers"] = None
-    fields = {**options, **settings, **given}
+    fields = {**values, **settings, **given}
     explicit = {**settings, **given}
     if "ship_criterion" in explicit and explicit["ship_criterion"] not in fields["criteria"]:
         raise ConfigError(

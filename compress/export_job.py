@@ -7,7 +7,6 @@ real evaluation images (failure is an error), and only then renamed into place.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,13 @@ from . import __version__
 from .artifacts import OutputFiles, disk_errors, environment, sha256
 from .benchmark import make_session, onnx_accuracy
 from .config import RunConfig
-from .data import load_data
 from .errors import ConfigError
 from .export import check_parity, export_onnx
 from .onnx_info import preprocessing_metadata, read_onnx_info
-from .pipeline import PARITY_IMAGES, check_model_accepts, first_images
+from .pipeline import PARITY_IMAGES, check_model_accepts, first_images, load_splits
 from .quantize import quantize_int8
 from .serialization import load_pruned_with_info
 from .zoo import get_spec, load_model
-
-log = logging.getLogger("compress")
 
 
 def int8_path(path: str | Path) -> Path:
@@ -121,19 +117,7 @@ def _load(config: RunConfig, pruned: str | Path | None):
         spec = get_spec(config.model)
         input_size, mean, std = spec.input_size, spec.mean, spec.std
         name, model, source = spec.name, None, None
-    if config.image_size is not None:
-        input_size = (input_size[0], config.image_size, config.image_size)
-    splits = load_data(
-        config.data,
-        input_size=input_size,
-        mean=config.mean or mean,
-        std=config.std or std,
-        root=config.data_root,
-        calibration_size=config.calibration_size,
-        evaluation_size=config.eval_size,
-        seed=config.seed,
-        download=config.download,
-    )
+    splits = load_splits(config, input_size, mean, std)
     if model is None:
         loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
         model, source = loaded.model, loaded.weights or "random initialisation"

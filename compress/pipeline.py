@@ -18,15 +18,12 @@ import torch.nn as nn
 from . import __version__
 from .artifacts import OutputDir, disk_errors, environment
 from .benchmark import (
-    PROVIDERS,
     LatencySettings,
     available_providers,
-    interleaving_summary,
     make_session,
-    measure_latency,
     onnx_accuracy,
     run_batched,
-    speedups,
+    time_providers,
 )
 from .config import RunConfig
 from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
@@ -86,7 +83,6 @@ class _Variants:
     records: list[dict[str, Any]] = field(default_factory=list)
     sessions: dict[str, Any] = field(default_factory=dict)  # name -> onnxruntime session
     shippable: dict[str, tuple[nn.Module, list]] = field(default_factory=dict)  # name -> (model, history)
-    models: dict[str, nn.Module] = field(default_factory=dict)  # fp32 variants to quantise: name -> model
 
 
 def plan_variants(config: RunConfig, target: TargetSearch | None = None) -> list[PlannedVariant]:
@@ -132,20 +128,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 def load_inputs(config: RunConfig) -> _Inputs:
     """Load the data and the model of `config`, check they fit, and find the layers never pruned."""
     spec = get_spec(config.model)
-    channels, height, width = spec.input_size
-    if config.image_size is not None:
-        height = width = config.image_size
-    splits = load_data(
-        config.data,
-        input_size=(channels, height, width),
-        mean=config.mean or spec.mean,
-        std=config.std or spec.std,
-        root=config.data_root,
-        calibration_size=config.calibration_size,
-        evaluation_size=config.eval_size,
-        seed=config.seed,
-        download=config.download,
-    )
+    splits = load_splits(config, spec.input_size, spec.mean, spec.std)
     log.info(
         "data: %s (%d calibration, %d evaluation images, %d classes)",
         splits.info["source"],
@@ -183,6 +166,25 @@ def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
     return scorers
 
 
+def load_splits(config: RunConfig, input_size, mean, std) -> DataSplits:
+    """`config`'s data for a model taking `input_size` normalised by `mean`/`std`; --image-size,
+    --mean and --std override the model's own."""
+    channels, height, width = input_size
+    if config.image_size is not None:
+        height = width = config.image_size
+    return load_data(
+        config.data,
+        input_size=(channels, height, width),
+        mean=config.mean or mean,
+        std=config.std or std,
+        root=config.data_root,
+        calibration_size=config.calibration_size,
+        evaluation_size=config.eval_size,
+        seed=config.seed,
+        download=config.download,
+    )
+
+
 def _search_target(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
     """The pruning ratio that meets --target-macs-ratio or --target-speedup, if one is asked for."""
     common = {"protected": inputs.protected, "round_to": config.round_to}
@@ -213,7 +215,6 @@ def _build_variants(
     before = evaluate(inputs.model, evaluation, desc="original accuracy")
     original = _finish_variant("original", inputs.model, config, inputs, out, evaluation, variants)
     original.update(criterion=None, ratio=0.0, seed=None, kept_unpruned={}, channel_ratio=1.0)
-    variants.models["original"] = inputs.model
     original["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
 
     for planned in progress(plan_variants(config, target), desc="variants", unit="variant"):
@@ -242,7 +243,6 @@ def _build_variants(
         record["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
         if planned.criterion == config.ship_criterion:
             variants.shippable[planned.name] = (pruned.model, pruned.history)
-            variants.models[planned.name] = pruned.model
         log.info(
             "%-16s top-1 %.2f%% (before recovery %.2f%%), MACs x%.2f",
             planned.name,
@@ -305,7 +305,8 @@ def _add_int8_variants(config: RunConfig, inputs: _Inputs, variants: _Variants, 
     calibrated on the calibration images; accuracy and parity are measured against the fp32 parent."""
     calibration = inputs.splits.loader("calibration", config.batch_size)
     evaluation = inputs.splits.loader("evaluation", config.batch_size)
-    parents = [r for r in variants.records if r["name"] in variants.models]
+    models = {"original": inputs.model, **{name: model for name, (model, _) in variants.shippable.items()}}
+    parents = [r for r in variants.records if r["name"] in models]
     for parent in progress(parents, desc="int8", unit="variant"):
         name = f"{parent['name']}-int8"
         relative = f"onnx/{name}.onnx"
@@ -313,7 +314,7 @@ def _add_int8_variants(config: RunConfig, inputs: _Inputs, variants: _Variants, 
         with disk_errors(path):
             quantised = quantize_int8(out.path(parent["onnx"]), path, calibration, max_images=config.int8_images)
         session = make_session(path, inputs.providers[0], config.threads)
-        model = variants.models[parent["name"]]
+        model = models[parent["name"]]
         parity = check_parity(session, model, inputs.eval_images[:PARITY_IMAGES])  # reported, not gated
         with torch.no_grad():
             agree = (
@@ -375,21 +376,21 @@ def _measure_latency(config: RunConfig, inputs: _Inputs, variants: _Variants, ou
         window_seconds=config.latency_window_seconds,
     )
     batches = {b: inputs.eval_images[:b].numpy() for b in sorted({1, config.latency_batch})}
-    macs = {r["name"]: r["macs"] for r in variants.records}
-    order = {}
-    for provider in inputs.providers:
-        sessions = variants.sessions
-        if provider != inputs.providers[0]:
-            sessions = {
-                v["name"]: make_session(out.path(v["onnx"]), provider, config.threads) for v in variants.records
-            }
-        measured = measure_latency(sessions, batches, settings, device=PROVIDERS[provider][1])
-        gains = speedups(measured.timings, macs, baseline="original")
+    timed = time_providers(
+        {v["name"]: out.path(v["onnx"]) for v in variants.records},
+        batches,
+        settings,
+        inputs.providers,
+        macs={r["name"]: r["macs"] for r in variants.records},
+        baseline="original",
+        threads=config.threads,
+        sessions=variants.sessions,
+    )
+    for provider, timing in timed.items():
         for record in variants.records:
-            record["latency"][provider] = measured.timings[record["name"]]
-            record.setdefault("speedup", {})[provider] = gains[record["name"]]
-        order[provider] = interleaving_summary(measured.order, limit=2 * len(sessions))
-    return _Latency(settings, sorted(batches), order)
+            record["latency"][provider] = timing.latency[record["name"]]
+            record.setdefault("speedup", {})[provider] = timing.speedup[record["name"]]
+    return _Latency(settings, sorted(batches), {provider: timing.order for provider, timing in timed.items()})
 
 
 def _assemble_report(

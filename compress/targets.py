@@ -10,6 +10,7 @@ the target.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -43,14 +44,7 @@ class TargetSearch:
     steps: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "target": self.target,
-            "ratio": self.ratio,
-            "value": self.value,
-            "reached": self.reached,
-            "steps": self.steps,
-        }
+        return dataclasses.asdict(self)
 
 
 def bisect_ratio(
