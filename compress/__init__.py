@@ -36,6 +36,7 @@ from .pipeline import run
 from .pruning import PruneResult, prune
 from .recovery import recalibrate_batchnorm
 from .serialization import load_pruned
+from .training import TrainSettings, train
 from .zoo import available_models, get_spec, load_model
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "ReferenceCausalScorer",
     "RunConfig",
     "SeededRandomImportance",
+    "TrainSettings",
     "__version__",
     "available_models",
     "check_parity",
@@ -71,4 +73,5 @@ __all__ = [
     "prune",
     "recalibrate_batchnorm",
     "run",
+    "train",
 ]

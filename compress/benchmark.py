@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .evaluation import topk_correct
-from .progress import progress, progress_bar
+from .evaluation import count_hits, percentages
+from .progress import progress_bar
 
 try:
     import onnxruntime as ort
@@ -100,13 +100,12 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
 
 def onnx_accuracy(session, batches: Iterable, desc: str = "onnx accuracy") -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) of an ONNX classifier over (images, labels) batches."""
-    correct, total = {1: 0, 5: 0}, 0
-    for images, labels in progress(batches, desc=desc, unit="batch"):
-        logits = run_batched(session, images.numpy())
-        counts = topk_correct(logits, labels.numpy())
-        correct = {k: correct[k] + counts[k] for k in correct}
-        total += len(labels)
-    return {"top1": 100.0 * correct[1] / max(total, 1), "top5": 100.0 * correct[5] / max(total, 1)}
+    return percentages(onnx_hits(session, batches, desc))
+
+
+def onnx_hits(session, batches: Iterable, desc: str = "onnx accuracy") -> dict[str, int]:
+    """`evaluation.count_hits` of an ONNX classifier: counts that processes can sum."""
+    return count_hits(lambda images: run_batched(session, images.numpy()), batches, desc)
 
 
 def run_batched(session, array: np.ndarray) -> np.ndarray:

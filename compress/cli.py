@@ -21,6 +21,7 @@ from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
 from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning, ConfigError
 from .export import EXPORTERS
+from .training import AUGMENTATIONS, SCHEDULES
 
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
 
@@ -164,6 +165,57 @@ _timing_options = _options(
     click.option("--warmup", default=10, show_default=True, type=int, help="Untimed calls per file before timing."),
 )
 
+# Recovery by training: every pruned variant (random baselines included) gets the same budget.
+_finetune_options = _options(
+    click.option(
+        "--finetune-epochs",
+        default=0,
+        show_default=True,
+        type=int,
+        help="Fine-tune every pruned variant this many epochs on training images kept apart from "
+        "calibration and evaluation (0: no fine-tuning).",
+    ),
+    click.option("--finetune-lr", default=0.01, show_default=True, type=float, help="Fine-tuning learning rate (SGD)."),
+    click.option(
+        "--finetune-schedule",
+        type=click.Choice(SCHEDULES),
+        default="cosine",
+        show_default=True,
+        help="Learning-rate schedule per step: cosine to 0, step (x0.1 at 50% and 75%), constant.",
+    ),
+    click.option(
+        "--finetune-batch-size",
+        default=128,
+        show_default=True,
+        type=int,
+        help="Fine-tuning batch (global: split over torchrun's processes).",
+    ),
+    click.option("--finetune-weight-decay", default=5e-4, show_default=True, type=float),
+    click.option(
+        "--finetune-augment",
+        type=click.Choice(AUGMENTATIONS),
+        default="auto",
+        show_default=True,
+        help="Random crops, and flips (auto: flips for colour images only).",
+    ),
+    click.option(
+        "--finetune-size",
+        type=int,
+        help="Fine-tune on this many training images (default: all that calibration did not take).",
+    ),
+    click.option("--distill", is_flag=True, help="Distil from the original model (teacher) while fine-tuning."),
+    click.option(
+        "--distill-temperature", default=4.0, show_default=True, type=float, help="Softmax temperature of distillation."
+    ),
+    click.option(
+        "--distill-weight",
+        default=0.7,
+        show_default=True,
+        type=float,
+        help="Weight of the distillation loss; the label cross-entropy gets the rest.",
+    ),
+)
+
 # The options that say which model to load and on which data: shared by `run` and `explain`.
 _model_and_data_options = _options(
     click.option(
@@ -243,6 +295,7 @@ _model_and_data_options = _options(
     default=True,
     help="Skip batch-norm re-estimation after pruning.",
 )
+@_finetune_options
 @_export_options
 @_timing_options
 @click.option("--latency-batch", default=32, show_default=True, type=int, help="Batch size timed besides batch 1.")
@@ -289,11 +342,17 @@ def run(as_json: bool, quiet: bool, config_file: str | None, providers: tuple[st
     report.json, report.md, plots/*.png and manifest.json. Settings come from the flags, over
     --config FILE (TOML; `compress config show` prints what a run would use). Exit code 1 when a
     quality gate (--max-accuracy-drop, --min-speedup, --max-size-mb) failed, after writing everything.
+
+    --finetune-epochs N fine-tunes every pruned variant (random baselines too) on training images
+    kept apart from calibration and evaluation; --distill uses the original as teacher.
+    `torchrun --nproc-per-node N -m compress run ...` runs data-parallel (rank 0 writes).
     """
     from .pipeline import run as run_pipeline
 
     _configure_output(quiet or as_json)
     report = run_pipeline(_resolve_run_config(click.get_current_context(), config_file, providers, options))
+    if report is None:  # a torchrun process other than rank 0: rank 0 reports
+        return EXIT_OK
     if as_json:
         click.echo(json.dumps(_summary(report), indent=2))
     elif not quiet:
@@ -605,6 +664,7 @@ def _summary(report: dict) -> dict:
                 "seed": v["seed"],
                 "top1": v["accuracy"]["top1"],
                 "top1_before_recovery": v["accuracy"].get("top1_before_recovery"),
+                "top1_before_finetune": v["accuracy"].get("top1_before_finetune"),
                 "macs_ratio": v["macs_ratio"],
                 "params_ratio": v["params_ratio"],
                 "latency_median_ms": {k: t["median_ms"] for k, t in v["latency"][provider].items()},
@@ -618,6 +678,12 @@ def _summary(report: dict) -> dict:
 
 def _text_summary(report: dict) -> str:
     lines = [f"original top-1 {report['variants'][0]['accuracy']['top1']:.2f}%"]
+    if report.get("finetune"):
+        tuned = report["finetune"]
+        teacher = f", distilled from the original (T={tuned['temperature']:g})" if tuned["teacher"] else ""
+        lines.append(
+            f"every pruned variant fine-tuned {tuned['epochs']} epochs on {tuned['training_images']} images{teacher}"
+        )
     for row in report["summary"]:
         parts = [f"ratio {row['ratio']:.2f}:"]
         for criterion in report["config"]["criteria"]:

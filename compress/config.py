@@ -27,6 +27,7 @@ import onnx
 from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
+from .training import AUGMENTATIONS, SCHEDULES, TrainSettings
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.5)
 
@@ -57,6 +58,18 @@ class RunConfig:
     intervention_images: int = 128
     round_to: int | None = 4  # kept channels a multiple of 4: odd counts ran 2.7x slower (BENCHMARKS.md)
     recalibrate: bool = True
+    # fine-tuning of every pruned variant, random baselines included (0 epochs: none), on training
+    # images disjoint from calibration and evaluation; with distill, the original is the teacher
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+    finetune_schedule: str = "cosine"
+    finetune_batch_size: int = 128
+    finetune_weight_decay: float = 5e-4
+    finetune_augment: str = "auto"
+    finetune_size: int | None = None  # training images used (None: every one calibration left)
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.7
     # export and benchmark
     exporter: str = "dynamo"
     opset: int = 18
@@ -85,8 +98,9 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check every field; raise ConfigError naming the first bad one. Returns self."""
         self.ratios = tuple(sorted(set(float(r) for r in self.ratios)))
-        if not self.ratios:
-            raise ConfigError("ratios: give at least one pruning ratio, e.g. --ratios 0.3")
+        if not self.ratios and self.target_macs_ratio is None and self.target_speedup is None:
+            # with a target, its ratio alone may be pruned (--ratios "")
+            raise ConfigError("ratios: give at least one pruning ratio, e.g. --ratios 0.3, or a target")
         for r in self.ratios:
             if not (0.0 < r < 1.0) or math.isnan(r):
                 raise ConfigError(f"ratios: each pruning ratio must be in (0, 1), got {r:g}")
@@ -113,6 +127,7 @@ class RunConfig:
             raise ConfigError(
                 f"opset must be at most {onnx.defs.onnx_opset_version()} (this onnx's newest), got {self.opset}"
             )
+        self._validate_finetuning()
         for name in ("eval_size", "image_size", "threads", "round_to"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -148,6 +163,45 @@ class RunConfig:
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ConfigError(f"std values must be positive, got {self.std}")
         return self
+
+    def _validate_finetuning(self) -> None:
+        _positive_int("finetune_epochs", self.finetune_epochs, minimum=0)
+        _positive_int("finetune_batch_size", self.finetune_batch_size)
+        if self.finetune_size is not None:
+            _positive_int("finetune_size", self.finetune_size)
+        if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
+            raise ConfigError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
+        if not self.finetune_weight_decay >= 0:
+            raise ConfigError(f"finetune_weight_decay must be >= 0, got {self.finetune_weight_decay!r}")
+        if self.finetune_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"finetune_schedule must be one of {', '.join(SCHEDULES)}, got {self.finetune_schedule!r}"
+            )
+        if self.finetune_augment not in AUGMENTATIONS:
+            raise ConfigError(
+                f"finetune_augment must be one of {', '.join(AUGMENTATIONS)}, got {self.finetune_augment!r}"
+            )
+        if not self.distill_temperature > 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature!r}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"distill_weight must be in [0, 1], got {self.distill_weight!r}")
+        if self.distill and self.finetune_epochs == 0:
+            raise ConfigError("distill trains the pruned models: give --finetune-epochs N (N >= 1) with --distill")
+
+    def train_settings(self) -> TrainSettings:
+        """How every pruned variant is fine-tuned (meaningful when finetune_epochs >= 1)."""
+        return TrainSettings(
+            epochs=max(self.finetune_epochs, 1),
+            lr=self.finetune_lr,
+            schedule=self.finetune_schedule,
+            batch_size=self.finetune_batch_size,
+            weight_decay=self.finetune_weight_decay,
+            augment=self.finetune_augment,
+            distill=self.distill,
+            temperature=self.distill_temperature,
+            distill_weight=self.distill_weight,
+            seed=self.seed,
+        )
 
     def random_seed_list(self) -> list[int]:
         """Seeds of the random baselines: `random_seeds` consecutive integers from `seed`."""

@@ -1,8 +1,9 @@
 """Data sources: scikit-learn's digits, image folders, and torchvision's data sets by name.
 
-Every source yields two disjoint splits: `calibration` (statistics for scoring and batch-norm
-re-estimation; drawn from training images where the source has them) and `evaluation` (accuracy and
-latency inputs). Images are normalised with the caller's mean/std and sized to the model's input.
+Every source yields disjoint splits: `calibration` (statistics for scoring and batch-norm
+re-estimation; drawn from training images where the source has them), `evaluation` (accuracy and
+latency inputs) and, when asked for, `training` (fine-tuning: the training images calibration did
+not take). Images are normalised with the caller's mean/std and sized to the model's input.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ class DataSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     info: dict[str, Any] = field(default_factory=dict)  # what went into the report
+    training: Dataset | None = None  # only when asked for: fine-tuning images, disjoint from the others
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        dataset = {"calibration": self.calibration, "evaluation": self.evaluation}[split]
+        dataset = {"calibration": self.calibration, "evaluation": self.evaluation, "training": self.training}[split]
+        if dataset is None:
+            raise ValueError(f"no {split} split was loaded")
         return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed)
 
     def example_batch(self, n: int = 8) -> torch.Tensor:
@@ -73,6 +77,8 @@ def load_data(
     evaluation_size: int | None = None,
     seed: int = 0,
     download: bool = False,
+    training: bool = False,
+    training_size: int | None = None,
 ) -> DataSplits:
     """Load `source` as calibration and evaluation splits sized and normalised for the model.
 
@@ -80,6 +86,10 @@ def load_data(
     lives, `download` fetches it there), or a directory in the layout torchvision's ImageFolder reads.
     A directory with `train/` and `test/` (or `val/`) subfolders calibrates on train and evaluates on
     test; a single class-folder tree is split, stratified and seeded, into the two.
+
+    With `training`, the training images calibration did not take become the `training` split (at
+    most `training_size` of them, stratified); a single class-folder tree then gives half of what is
+    not calibration to training and half to evaluation.
     """
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != input_size[0] or len(std) != input_size[0]:
@@ -94,11 +104,24 @@ def load_data(
     elif source.lower() in TORCHVISION_DATASETS:
         splits = _torchvision_dataset(source.lower(), root, download, input_size, mean, std)
     else:
-        splits = _image_folder(Path(source), input_size, mean, std, calibration_size, seed)
+        splits = _image_folder(Path(source), input_size, mean, std, calibration_size, seed, training)
 
-    splits.calibration = _take(splits.calibration, calibration_size, seed, "calibration")
+    pool = splits.calibration
+    splits.calibration, rest = _take(pool, calibration_size, seed, "calibration")
+    if training:
+        if splits.training is None:  # the training images calibration did not take
+            splits.training = rest
+        if splits.training is None or len(splits.training) == 0:
+            raise DataError(
+                f"no training images left for fine-tuning: calibration takes all {len(pool)} of them; "
+                "lower --calibration-size"
+            )
+        if training_size is not None:
+            splits.training, _ = _take(splits.training, training_size, seed, "training")
+        splits.training = materialize(splits.training, "training")
+        splits.info.update(training_images=len(splits.training))
     if evaluation_size is not None:
-        splits.evaluation = _take(splits.evaluation, evaluation_size, seed, "evaluation")
+        splits.evaluation, _ = _take(splits.evaluation, evaluation_size, seed, "evaluation")
     splits.calibration = materialize(splits.calibration, "calibration")
     splits.evaluation = materialize(splits.evaluation, "evaluation")
     splits.info.update(calibration_images=len(splits.calibration), evaluation_images=len(splits.evaluation))
@@ -222,7 +245,9 @@ class _CheckedImageFolder:
             raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
 
 
-def _image_folder(root: Path, input_size, mean, std, calibration_size: int, seed: int) -> DataSplits:
+def _image_folder(
+    root: Path, input_size, mean, std, calibration_size: int, seed: int, training: bool = False
+) -> DataSplits:
     if not root.exists():
         raise DataError(
             f"data not found: {root} is not a directory, 'digits', or a torchvision data set name "
@@ -241,13 +266,25 @@ def _image_folder(root: Path, input_size, mean, std, calibration_size: int, seed
                 f"({_diff(calibration.classes, evaluation.classes)}); both splits need the same classes"
             )
         split = f"calibration from {root / 'train'}, evaluation on {eval_dir}"
+        train_split = None
     else:
         folder = _CheckedImageFolder(root, transform)
         calibration, evaluation = _split_folder(folder, calibration_size, seed, root)
         calibration.classes = evaluation.classes = folder.classes
+        train_split = None
+        if training:  # half of what calibration left trains, half evaluates
+            targets = np.asarray(folder.targets)[evaluation.indices]
+            if len(evaluation) < 2:
+                raise DataError(f"{root} holds too few images to split off training images")
+            first, second = _stratified_split(targets, len(evaluation) // 2, seed)
+            indices = np.asarray(evaluation.indices)
+            train_split = _LabelledSubset(folder, indices[first].tolist())
+            evaluation = _LabelledSubset(folder, indices[second].tolist())
+            evaluation.classes = folder.classes
         split = (
-            f"{root} split into {len(calibration)} calibration and {len(evaluation)} evaluation "
-            f"images (stratified, seed {seed})"
+            f"{root} split into {len(calibration)} calibration"
+            + (f", {len(train_split)} training" if train_split is not None else "")
+            + f" and {len(evaluation)} evaluation images (stratified, seed {seed})"
         )
     return DataSplits(
         calibration=calibration,
@@ -258,6 +295,7 @@ def _image_folder(root: Path, input_size, mean, std, calibration_size: int, seed
         mean=mean,
         std=std,
         info={"source": "image-folder", "root": str(root), "split": split},
+        training=train_split,
     )
 
 
@@ -338,21 +376,24 @@ def _targets_of(dataset: Dataset) -> np.ndarray | None:
     return None if targets is None else np.asarray(targets)
 
 
-def _take(dataset: Dataset, size: int, seed: int, what: str) -> Dataset:
-    """A stratified, seeded subset of `size` images (all of them if there are fewer)."""
+def _take(dataset: Dataset, size: int, seed: int, what: str) -> tuple[Dataset, Dataset | None]:
+    """A stratified, seeded subset of `size` images (all of them if there are fewer), and the rest
+    (None when nothing is left)."""
     if size < 1:
         raise DataError(f"{what} size must be at least 1, got {size}")
     n = len(dataset)
     if n == 0:
         raise DataError(f"the {what} split is empty")
     if size >= n:
-        return dataset
+        return dataset, None
     targets = _targets_of(dataset)
     if targets is None:
-        indices = np.random.default_rng(seed).choice(n, size=size, replace=False)
-        return Subset(dataset, sorted(indices.tolist()))
-    first, _ = _stratified_split(targets, size, seed)
-    return Subset(dataset, first)
+        chosen = np.zeros(n, dtype=bool)
+        chosen[np.random.default_rng(seed).choice(n, size=size, replace=False)] = True
+        first, rest = np.flatnonzero(chosen).tolist(), np.flatnonzero(~chosen).tolist()
+    else:
+        first, rest = _stratified_split(targets, size, seed)
+    return Subset(dataset, first), Subset(dataset, rest)
 
 
 def materialize(dataset: Dataset, what: str) -> Dataset:

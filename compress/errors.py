@@ -34,6 +34,10 @@ class PruningError(CompressError):
     """The model cannot be traced or pruned."""
 
 
+class TrainingError(CompressError):
+    """Fine-tuning diverged (the loss is no longer finite): the settings need changing."""
+
+
 class ExportError(CompressError):
     """The model cannot be exported to ONNX, or the export does not match PyTorch."""
 

@@ -2,14 +2,22 @@
 
 Each stage is a plain function of its own module; this one only chains them, collects the numbers
 into the report and decides which variant ships as model.onnx.
+
+Under torchrun every process runs every stage on its shard of the data (calibration statistics,
+fine-tuning and accuracy counts are summed across processes, see distributed.py), so all of them
+hold the same variants; only rank 0 times latency and writes the output directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from collections.abc import Sequence
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,25 +29,28 @@ from .benchmark import (
     LatencySettings,
     available_providers,
     make_session,
-    onnx_accuracy,
+    onnx_hits,
     run_batched,
     time_providers,
 )
+from .causal.scorer import CausalScorer
 from .config import RunConfig
 from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
 from .data import DataSplits, load_data, make_loader
-from .errors import ConfigError, DataError, ModelError
-from .evaluation import evaluate
+from .distributed import SINGLE, Distributed, distributed_from_env
+from .errors import CompressWarning, ConfigError, DataError, ModelError, OutputError
+from .evaluation import evaluate_sharded, percentages
 from .export import check_parity, export_onnx
 from .gates import check_gates
 from .onnx_info import preprocessing_metadata
-from .progress import progress
+from .progress import progress, set_quiet
 from .pruning import count_macs_params, layer_widths, output_layer_names, prune
 from .quantize import quantize_int8
 from .recovery import recalibrate_batchnorm
 from .report import summarise_by_ratio, write_plots, write_report_md
 from .serialization import save_importances, save_pruned
 from .targets import TargetSearch, search_macs_ratio, search_speedup
+from .training import train
 from .zoo import LoadedModel, get_spec, load_model
 
 log = logging.getLogger("compress")
@@ -72,10 +83,20 @@ class _Inputs:
     eval_images: torch.Tensor  # real evaluation images: parity and latency
     protected: list[str]  # output layers, never pruned
     providers: list[str]
+    distributed: Distributed
 
     @property
     def model(self) -> nn.Module:
         return self.loaded.model
+
+    def accuracy(self, model: nn.Module, batch_size: int, desc: str) -> dict[str, float]:
+        """PyTorch top-1/top-5 on the evaluation split, counted over every process's shard."""
+        return evaluate_sharded(model, self.splits.evaluation, batch_size, self.distributed, desc=desc)
+
+    def onnx_accuracy(self, session, batch_size: int, desc: str) -> dict[str, float]:
+        """onnxruntime top-1/top-5 on the evaluation split, counted over every process's shard."""
+        shard = make_loader(self.distributed.shard(self.splits.evaluation), batch_size)
+        return percentages(self.distributed.sum_counts(onnx_hits(session, shard, desc)))
 
 
 @dataclass
@@ -97,17 +118,33 @@ def plan_variants(config: RunConfig, target: TargetSearch | None = None) -> list
     return plan
 
 
-def run(config: RunConfig) -> dict[str, Any]:
-    """Run the whole pipeline; the results land in `config.out` only if every stage succeeded."""
+def run(config: RunConfig) -> dict[str, Any] | None:
+    """Run the whole pipeline; the results land in `config.out` only if every stage succeeded.
+
+    Returns the report; under torchrun, on processes other than rank 0, None (rank 0 writes).
+    """
     config.validate()
-    with OutputDir(config.out, force=config.force) as out:
+    with distributed_from_env() as distributed:
+        report = _run(config, distributed)
+        distributed.barrier()  # the other processes wait until rank 0 has written everything
+    return report
+
+
+def _run(config: RunConfig, distributed: Distributed) -> dict[str, Any] | None:
+    if not distributed.is_main:  # one voice: rank 0 logs, shows progress and warns
+        set_quiet(True)
+        log.setLevel(logging.WARNING)
+        warnings.simplefilter("ignore", CompressWarning)
+    with _output_dir(config, distributed) as out:
         torch.manual_seed(config.seed)
-        inputs = load_inputs(config)
+        inputs = load_inputs(config, distributed)
         target = _search_target(config, inputs)
         scorers = _score(config, inputs)
         variants = _build_variants(config, inputs, scorers, out, target)
         if config.int8:
             _add_int8_variants(config, inputs, variants, out)
+        if not distributed.is_main:
+            return None
         latency = _measure_latency(config, inputs, variants, out)
         report = _assemble_report(config, inputs, scorers, variants, latency, target)
         _write_outputs(out, report, variants, scorers, inputs)
@@ -125,7 +162,25 @@ def run(config: RunConfig) -> dict[str, Any]:
     return report
 
 
-def load_inputs(config: RunConfig) -> _Inputs:
+@contextlib.contextmanager
+def _output_dir(config: RunConfig, distributed: Distributed) -> Iterator[OutputDir]:
+    """The staged output directory on rank 0; a scratch one, removed afterwards, on the others
+    (their exported files only serve their share of the ONNX accuracy)."""
+    if distributed.is_main:
+        with OutputDir(config.out, force=config.force) as out:
+            yield out
+        return
+    target = Path(config.out).expanduser().absolute()
+    if target.exists() and not config.force:  # fail like rank 0 rather than wait for it
+        raise OutputError(f"output directory {target} already exists; choose another --out or pass --force")
+    with (
+        tempfile.TemporaryDirectory(prefix=f"compress-rank{distributed.rank}-") as scratch,
+        OutputDir(Path(scratch) / "out") as out,
+    ):
+        yield out
+
+
+def load_inputs(config: RunConfig, distributed: Distributed | None = None) -> _Inputs:
     """Load the data and the model of `config`, check they fit, and find the layers never pruned."""
     spec = get_spec(config.model)
     splits = load_splits(config, spec.input_size, spec.mean, spec.std)
@@ -148,12 +203,19 @@ def load_inputs(config: RunConfig) -> _Inputs:
         eval_images=first_images(splits, max(config.latency_batch, PARITY_IMAGES)),
         protected=protected,
         providers=resolve_providers(config.providers),
+        distributed=distributed or SINGLE,
     )
 
 
 def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
-    """Fit a scorer for every data-driven criterion of the run, on the calibration images."""
+    """Fit a scorer for every data-driven criterion of the run, on the calibration images.
+
+    In a distributed run the causal scorer collects its statistics on each process's shard and sums
+    them; the other scorers are not sums of statistics and run whole on every process (they are
+    deterministic, so every process gets the same scores).
+    """
     scorers = {}
+    distributed = inputs.distributed
     calibration = inputs.splits.loader("calibration", config.batch_size)
     for criterion in config.criteria:
         if criterion not in SCORED_CRITERIA:
@@ -161,7 +223,12 @@ def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
         scorer = make_scorer(
             criterion, ridge=config.ridge, pool_grid=config.pool_grid, intervention_images=config.intervention_images
         )
-        scorers[criterion] = scorer.fit(inputs.model, calibration, inputs.example)
+        if isinstance(scorer, CausalScorer):
+            shard = make_loader(distributed.shard(inputs.splits.calibration), config.batch_size)
+            scorer.collect(inputs.model, shard, inputs.example)
+            scorers[criterion] = scorer.reduce_statistics(distributed.all_reduce_sum).solve()
+        else:
+            scorers[criterion] = scorer.fit(inputs.model, calibration, inputs.example)
         log.info("%s scores: %d groups, %.1f s", criterion, len(scorer.importances_), scorer.fit_seconds_)
     return scorers
 
@@ -182,11 +249,19 @@ def load_splits(config: RunConfig, input_size, mean, std) -> DataSplits:
         evaluation_size=config.eval_size,
         seed=config.seed,
         download=config.download,
+        training=config.finetune_epochs > 0,
+        training_size=config.finetune_size,
     )
 
 
 def _search_target(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
-    """The pruning ratio that meets --target-macs-ratio or --target-speedup, if one is asked for."""
+    """The pruning ratio that meets --target-macs-ratio or --target-speedup, if one is asked for;
+    rank 0 searches (the speed-up is timed there) and tells the other processes."""
+    found = _search_target_here(config, inputs) if inputs.distributed.is_main else None
+    return inputs.distributed.broadcast_object(found)
+
+
+def _search_target_here(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
     common = {"protected": inputs.protected, "round_to": config.round_to}
     if config.target_macs_ratio is not None:
         return search_macs_ratio(inputs.model, inputs.example, config.target_macs_ratio, **common)
@@ -207,13 +282,15 @@ def _search_target(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
 def _build_variants(
     config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer], out: OutputDir, target: TargetSearch | None
 ) -> _Variants:
-    """The original and every planned variant: pruned, recovered, exported, checked and evaluated."""
+    """The original and every planned variant: pruned, recovered, fine-tuned if asked, exported,
+    checked and evaluated."""
+    # Batch norm is re-estimated on all the calibration images in every process (cheap), so the
+    # processes' models stay equal without exchanging running statistics.
     calibration = inputs.splits.loader("calibration", config.batch_size)
-    evaluation = inputs.splits.loader("evaluation", config.batch_size)
     variants = _Variants()
 
-    before = evaluate(inputs.model, evaluation, desc="original accuracy")
-    original = _finish_variant("original", inputs.model, config, inputs, out, evaluation, variants)
+    before = inputs.accuracy(inputs.model, config.batch_size, desc="original accuracy")
+    original = _finish_variant("original", inputs.model, config, inputs, out, variants)
     original.update(criterion=None, ratio=0.0, seed=None, kept_unpruned={}, channel_ratio=1.0)
     original["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
 
@@ -226,10 +303,11 @@ def _build_variants(
             protected=inputs.protected,
             round_to=config.round_to,
         )
-        before = evaluate(pruned.model, evaluation, desc=f"{planned.name} accuracy")
+        before = inputs.accuracy(pruned.model, config.batch_size, desc=f"{planned.name} accuracy")
         if config.recalibrate:
             recalibrate_batchnorm(pruned.model, calibration)
-        record = _finish_variant(planned.name, pruned.model, config, inputs, out, evaluation, variants)
+        finetune = _finetune(planned.name, pruned.model, config, inputs) if config.finetune_epochs else None
+        record = _finish_variant(planned.name, pruned.model, config, inputs, out, variants)
         record.update(
             criterion=planned.criterion,
             ratio=planned.ratio,
@@ -241,6 +319,11 @@ def _build_variants(
             channel_ratio=_channel_ratio(record["widths"], original["widths"], inputs.protected),
         )
         record["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
+        if finetune is not None:
+            before_finetune, record["finetune"] = finetune
+            record["accuracy"].update(
+                top1_before_finetune=before_finetune["top1"], top5_before_finetune=before_finetune["top5"]
+            )
         if planned.criterion == config.ship_criterion:
             variants.shippable[planned.name] = (pruned.model, pruned.history)
         log.info(
@@ -253,13 +336,37 @@ def _build_variants(
     return variants
 
 
+def _finetune(
+    name: str, model: nn.Module, config: RunConfig, inputs: _Inputs
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fine-tune the pruned `model` in place (the original only teaches): its accuracy before, and
+    how the training went."""
+    before = inputs.accuracy(model, config.batch_size, desc=f"{name} accuracy before fine-tuning")
+    teacher = inputs.model if config.distill else None
+    result = train(
+        model,
+        inputs.splits.training,
+        config.train_settings(),
+        teacher=teacher,
+        distributed=inputs.distributed,
+        desc=f"fine-tuning {name}",
+    )
+    log.info("%-16s fine-tuned %d epochs in %.0f s", name, config.finetune_epochs, result.seconds)
+    return before, {
+        "epochs": result.epochs,
+        "images_per_epoch": result.images_per_epoch,
+        "seconds": round(result.seconds, 3),
+        "device": result.device,
+        "world_size": result.world_size,
+    }
+
+
 def _finish_variant(
     name: str,
     model: nn.Module,
     config: RunConfig,
     inputs: _Inputs,
     out: OutputDir,
-    evaluation,
     variants: _Variants,
 ) -> dict[str, Any]:
     """Export one variant, check it against PyTorch, measure its accuracy with onnxruntime, record it."""
@@ -277,7 +384,7 @@ def _finish_variant(
         log.warning("%s: exported with %s (%s)", name, exported.exporter, exported.fallback_reason)
     session = make_session(path, inputs.providers[0], config.threads)
     parity = check_parity(session, model, inputs.eval_images[:PARITY_IMAGES], tolerance=config.parity_tolerance)
-    accuracy = onnx_accuracy(session, evaluation, desc=f"{name} onnx accuracy")
+    accuracy = inputs.onnx_accuracy(session, config.batch_size, desc=f"{name} onnx accuracy")
     macs, params = count_macs_params(model, inputs.example)
     record = {
         "name": name,
@@ -304,7 +411,6 @@ def _add_int8_variants(config: RunConfig, inputs: _Inputs, variants: _Variants, 
     """An INT8 (static, QDQ, per-channel) twin of the original and of every ship-criterion variant,
     calibrated on the calibration images; accuracy and parity are measured against the fp32 parent."""
     calibration = inputs.splits.loader("calibration", config.batch_size)
-    evaluation = inputs.splits.loader("evaluation", config.batch_size)
     models = {"original": inputs.model, **{name: model for name, (model, _) in variants.shippable.items()}}
     parents = [r for r in variants.records if r["name"] in models]
     for parent in progress(parents, desc="int8", unit="variant"):
@@ -321,7 +427,7 @@ def _add_int8_variants(config: RunConfig, inputs: _Inputs, variants: _Variants, 
                 run_batched(session, inputs.eval_images.numpy()).argmax(1)
                 == model.eval()(inputs.eval_images).numpy().argmax(1)
             ).mean()
-        accuracy = onnx_accuracy(session, evaluation, desc=f"{name} onnx accuracy")
+        accuracy = inputs.onnx_accuracy(session, config.batch_size, desc=f"{name} onnx accuracy")
         record = {
             **{k: parent[k] for k in ("criterion", "ratio", "seed", "kept_unpruned", "channel_ratio", "widths")},
             **{k: parent[k] for k in ("macs", "params", "macs_ratio", "params_ratio")},
@@ -428,6 +534,8 @@ def _assemble_report(
             "std": list(splits.std),
         },
         "scoring": {criterion: _scoring_record(criterion, s, config) for criterion, s in scorers.items()},
+        "finetune": _finetune_record(config, splits),
+        "distributed": inputs.distributed.as_dict(),
         "benchmark": {
             "providers": inputs.providers,
             "threads": int(session.get_session_options().intra_op_num_threads),
@@ -458,6 +566,18 @@ def _assemble_report(
         "target": target.as_dict() if target else None,
         "gates": gates,
         "gates_passed": all(g["passed"] for g in gates),
+    }
+
+
+def _finetune_record(config: RunConfig, splits: DataSplits) -> dict[str, Any] | None:
+    """The fine-tuning every pruned variant got (the same for all, random baselines included)."""
+    if not config.finetune_epochs:
+        return None
+    return {
+        **config.train_settings().as_dict(),
+        "teacher": "original" if config.distill else None,
+        "training_images": len(splits.training),
+        "applies_to": "every pruned variant, random baselines included (the original is not fine-tuned)",
     }
 
 

@@ -16,7 +16,8 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def summarise_by_ratio(variants: list[dict[str, Any]], criteria: Sequence[str]) -> list[dict[str, Any]]:
-    """Per ratio and criterion: accuracy after and before recovery (mean, std, n over seeds), MACs
+    """Per ratio and criterion: accuracy after and before recovery (and before fine-tuning, when the
+    variants were fine-tuned; mean, std, n over seeds), MACs
     ratio, and causal's margin over the random mean (in points and in random standard deviations)."""
     rows = []
     variants = [v for v in variants if v.get("precision", "fp32") == "fp32"]  # INT8 twins are reported apart
@@ -29,6 +30,11 @@ def summarise_by_ratio(variants: list[dict[str, Any]], criteria: Sequence[str]) 
             row[criterion] = {
                 "top1": _stats([v["accuracy"]["top1"] for v in chosen]),
                 "top1_before_recovery": _stats([v["accuracy"]["top1_before_recovery"] for v in chosen]),
+                **(
+                    {"top1_before_finetune": _stats([v["accuracy"]["top1_before_finetune"] for v in chosen])}
+                    if all("top1_before_finetune" in v["accuracy"] for v in chosen)
+                    else {}
+                ),
                 "macs_ratio": float(np.mean([v["macs_ratio"] for v in chosen])),
                 "params_ratio": float(np.mean([v["params_ratio"] for v in chosen])),
             }
@@ -44,6 +50,29 @@ def _fmt_acc(stats: dict[str, float]) -> str:
     if stats["n"] > 1:
         return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
     return f"{stats['mean']:.2f}"
+
+
+def _accuracy_legend(report: dict[str, Any]) -> list[str]:
+    seeds = f"Random: mean ± std over seeds {report['seeds']['random_baselines']}."
+    tuned = report.get("finetune")
+    if not tuned:
+        return [
+            "Top-1 % on the evaluation split with onnxruntime: after batch-norm re-estimation / right after "
+            f"pruning. {seeds}"
+        ]
+    teacher = (
+        f", distilled from the original (temperature {tuned['temperature']:g}, weight {tuned['distill_weight']:g})"
+        if tuned["teacher"]
+        else ""
+    )
+    return [
+        "Top-1 % on the evaluation split: after fine-tuning (onnxruntime) / before fine-tuning, after batch-norm "
+        f"re-estimation / right after pruning. {seeds}",
+        "",
+        f"Every pruned variant, random baselines included, was fine-tuned the same way: {tuned['epochs']} epochs "
+        f"on {tuned['training_images']} training images (apart from calibration and evaluation), SGD lr "
+        f"{tuned['lr']:g} with a {tuned['schedule']} schedule, batch {tuned['batch_size']}{teacher}.",
+    ]
 
 
 def write_report_md(report: dict[str, Any]) -> str:
@@ -64,9 +93,7 @@ def write_report_md(report: dict[str, Any]) -> str:
         "",
         "## Accuracy by pruning ratio",
         "",
-        "Top-1 % on the evaluation split with onnxruntime, after batch-norm re-estimation "
-        "(before it in parentheses). Random: mean ± std over seeds "
-        f"{report['seeds']['random_baselines']}.",
+        *_accuracy_legend(report),
         "",
     ]
     header = ["ratio", *criteria]
@@ -78,7 +105,8 @@ def write_report_md(report: dict[str, Any]) -> str:
         for criterion in criteria:
             if criterion in row:
                 r = row[criterion]
-                cells.append(f"{_fmt_acc(r['top1'])} ({_fmt_acc(r['top1_before_recovery'])})")
+                stages = [r["top1"], r.get("top1_before_finetune"), r["top1_before_recovery"]]
+                cells.append(" / ".join(_fmt_acc(x) for x in stages if x is not None))
             else:
                 cells.append("—")
         if "causal_minus_random" in row:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -98,6 +98,20 @@ class CausalScorer:
         self.graph_ = build_channel_graph(observed, example_inputs if example_inputs is not None else first[:2])
         self.statistics_, self.n_images_ = self._collect(observed, self.graph_, rest, total)
         self.collect_seconds_ = time.perf_counter() - start
+        return self
+
+    def reduce_statistics(self, sum_across: Callable[[list[torch.Tensor]], None]) -> CausalScorer:
+        """Combine the statistics of data-parallel processes before `solve`.
+
+        Each process collects its shard of the calibration data; `sum_across` sums a list of tensors
+        in place across the processes (`Distributed.all_reduce_sum`). The sums are then those of all
+        the images, so every process solves the same equations a single process would.
+        """
+        if not hasattr(self, "statistics_"):
+            raise RuntimeError("call collect() before reduce_statistics()")
+        count = torch.tensor(float(self.n_images_), dtype=torch.float64)
+        sum_across([count, *(t for name in self.graph_.consumers for t in self.statistics_[name].tensors())])
+        self.n_images_ = int(count.item())
         return self
 
     def solve(self) -> CausalScorer:
