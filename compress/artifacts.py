@@ -175,8 +175,11 @@ class OutputFiles:
         return Path(name)
 
     def commit(self) -> list[Path]:
+        umask = os.umask(0)
+        os.umask(umask)
         for target, staging in self.staged.items():
             try:
+                os.chmod(staging, 0o666 & ~umask)  # mkstemp's private 0600 is not what a user's file gets
                 os.replace(staging, target)
             except OSError as exc:
                 raise OutputError(f"cannot move the result into {target}: {exc.strerror or exc}") from exc

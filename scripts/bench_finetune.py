@@ -159,8 +159,8 @@ def main() -> None:
         "",
         *table(report, controlled),
         "",
-        ANCHOR + " Ours is a shorter-trained ResNet-20 and a few epochs of fine-tuning, so the gaps are not "
-        "directly comparable; the ordering of the criteria on the same budget is.",
+        f"{ANCHOR} Here: `{model['name']}` and the reduced budget above, so the gaps are not directly "
+        "comparable with the anchor's; the ordering of the criteria on the same budget is.",
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['environment']['versions'].items() if v)}.",
     ]

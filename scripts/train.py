@@ -1,6 +1,6 @@
 """Train a model of the zoo from scratch and write its checkpoint and model card.
 
-    python scripts/train.py --model cifar_resnet20 --data ../shared/data/cifar10 --epochs 12 \\
+    python scripts/train.py --model cifar_resnet20 --data ../shared/data/cifar10 --epochs 10 \\
         --out models/cifar_resnet20.pt
 
 The model trains on every training image of --data (for an image folder with train/ and test/: all
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar_resnet20", help="a compress model name (compress models)")
     parser.add_argument("--data", default="../shared/data/cifar10", help="image folder with train/ and test/")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -103,8 +103,8 @@ def model_card(args, spec, model, splits, n_train, settings, result, accuracy, d
         "file": f"`{Path(args.out).name}` (a plain state dict; loads with `weights_only=True`)",
         "architecture": f"`{spec.name}`: {spec.description}",
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
-        "data": f"{splits.info.get('root', args.data)}: trained on all {n_train} training images, evaluated on "
-        f"{len(splits.evaluation)} ({splits.info['split']})",
+        "data": f"{splits.info.get('root', args.data)}: trained on all {n_train} images of its training part "
+        f"(train/ for an image folder), evaluated on the {len(splits.evaluation)} of its evaluation part (test/)",
         "preprocessing": f"resize to {spec.input_size[1]}x{spec.input_size[2]}, normalise with mean "
         f"{list(spec.mean)}, std {list(spec.std)} (the registered model's)",
         "recipe": f"{settings.epochs} epochs, SGD (momentum {settings.momentum}, Nesterov), lr {settings.lr} with a "

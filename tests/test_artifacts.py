@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,6 @@ def test_staged_files_appear_only_when_committed(tmp_path):
         files.stage(target).write_text("whole")
         files.commit()
     assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
