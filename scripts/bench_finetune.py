@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 import tempfile
 import time
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--no-control", action="store_true", help="skip fine-tuning the unpruned original")
     args, passthrough = parser.parse_known_args()
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # a long job
     command = "python scripts/bench_finetune.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         flags = [
