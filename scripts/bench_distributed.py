@@ -85,7 +85,8 @@ def main() -> None:
         "",
         "Top-1 before recovery is counted on shards and summed, so it must match to the image; after "
         "fine-tuning it may differ a little (each process's batch norm sees its own shard of each batch, "
-        "and the sampler shuffles per process).",
+        "and the sampler shuffles per process). Wall times on a 2-core machine say nothing about scaling: the "
+        "processes share the same two cores.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
