@@ -69,6 +69,19 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_output_dir(target: str | Path, force: bool) -> Path:
+    """`target` as an absolute path, or an OutputError if it exists and may not be replaced."""
+    target = Path(target).expanduser().absolute()
+    if target.exists():
+        if not force:
+            raise OutputError(
+                f"output directory {target} already exists; choose another --out or pass --force to replace it"
+            )
+        if not target.is_dir():
+            raise OutputError(f"output path {target} exists and is not a directory")
+    return target
+
+
 class OutputDir:
     """A run's output directory, written in a staging area and moved into place by `commit`.
 
@@ -76,15 +89,8 @@ class OutputDir:
     """
 
     def __init__(self, target: str | Path, force: bool = False):
-        self.target = Path(target).expanduser().absolute()
+        self.target = check_output_dir(target, force)
         self.force = force
-        if self.target.exists():
-            if not force:
-                raise OutputError(
-                    f"output directory {self.target} already exists; choose another --out or pass --force to replace it"
-                )
-            if not self.target.is_dir():
-                raise OutputError(f"output path {self.target} exists and is not a directory")
         parent = self.target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)

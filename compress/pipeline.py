@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .artifacts import OutputDir, disk_errors, environment
+from .artifacts import OutputDir, check_output_dir, disk_errors, environment
 from .benchmark import (
     LatencySettings,
     available_providers,
@@ -38,7 +38,7 @@ from .config import RunConfig
 from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
 from .data import DataSplits, load_data, make_loader
 from .distributed import SINGLE, Distributed, distributed_from_env
-from .errors import CompressWarning, ConfigError, DataError, ModelError, OutputError
+from .errors import CompressWarning, ConfigError, DataError, ModelError
 from .evaluation import evaluate_sharded, percentages
 from .export import check_parity, export_onnx
 from .gates import check_gates
@@ -170,9 +170,7 @@ def _output_dir(config: RunConfig, distributed: Distributed) -> Iterator[OutputD
         with OutputDir(config.out, force=config.force) as out:
             yield out
         return
-    target = Path(config.out).expanduser().absolute()
-    if target.exists() and not config.force:  # fail like rank 0 rather than wait for it
-        raise OutputError(f"output directory {target} already exists; choose another --out or pass --force")
+    check_output_dir(config.out, config.force)  # fail like rank 0 rather than wait for it
     with (
         tempfile.TemporaryDirectory(prefix=f"compress-rank{distributed.rank}-") as scratch,
         OutputDir(Path(scratch) / "out") as out,

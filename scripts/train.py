@@ -28,6 +28,7 @@ from torch.utils.data import ConcatDataset
 from compress.artifacts import OutputFiles, sha256
 from compress.data import load_data
 from compress.distributed import distributed_from_env
+from compress.errors import CompressError
 from compress.evaluation import evaluate_sharded
 from compress.training import SCHEDULES, TrainSettings, resolve_augment, train
 from compress.zoo import get_spec
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     spec = get_spec(args.model)
-    with distributed_from_env() as distributed:
+    out = Path(args.out)
+    with distributed_from_env() as distributed, OutputFiles(force=args.force) as files:
+        if distributed.is_main:  # an existing checkpoint is refused before the training, not after it
+            checkpoint, card = files.stage(out), files.stage(out.with_suffix(".md"))
         # Calibration plays no part here: it takes one image and the training split the rest, so
         # together they are the whole training portion of the data.
         splits = load_data(
@@ -85,13 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.is_main:
             return 0
         print(f"top-1 {accuracy['top1']:.2f}%  top-5 {accuracy['top5']:.2f}%  ({len(splits.evaluation)} images)")
-        out = Path(args.out)
-        with OutputFiles(force=args.force) as files:
-            checkpoint, card = files.stage(out), files.stage(out.with_suffix(".md"))
-            torch.save(model.state_dict(), checkpoint)
-            text = model_card(args, spec, model, splits, len(images), settings, result, accuracy, sha256(checkpoint))
-            card.write_text(text)
-            files.commit()
+        torch.save(model.state_dict(), checkpoint)
+        text = model_card(args, spec, model, splits, len(images), settings, result, accuracy, sha256(checkpoint))
+        card.write_text(text)
+        files.commit()
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
@@ -142,5 +143,14 @@ Per-epoch mean training loss: {losses}.
 """
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main`, with a user's mistake (missing data, an existing checkpoint) as one line and exit 2."""
+    try:
+        return main(argv)
+    except CompressError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())
