@@ -5,8 +5,8 @@ used community checkpoints (e.g. resnet20-12fca82f.th), so their state dicts loa
 
 Shortcuts between stages of different widths come in the paper's two options:
 - "A": no parameters; the input is sub-sampled with stride 2 and zero-padded with planes // 4 channels
-  on each side of the channel axis. Pruning cannot shrink the padded stream consistently, so the
-  pruner's validation keeps those channels (see `compress.pruning`).
+  on each side of the channel axis. It is built as the exactly equivalent fixed selection convolution
+  `ChannelPadShortcut` (compress.layers), so the residual streams prune like every other group.
 - "B": a 1x1 convolution with batch norm (prunable like any other layer).
 """
 
@@ -16,21 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import ChannelPadShortcut, is_fixed
+
 DEPTHS = (20, 32, 44, 56, 110)
-
-
-class PadShortcut(nn.Module):
-    """Option A: stride-2 sub-sampling, then `pad` zero channels on each side of the channel axis."""
-
-    def __init__(self, pad: int):
-        super().__init__()
-        self.pad = pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-
-    def extra_repr(self) -> str:
-        return f"pad={self.pad}"
 
 
 class BasicBlock(nn.Module):
@@ -43,7 +31,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
             if shortcut == "A":
-                self.shortcut = PadShortcut(planes // 4)
+                self.shortcut = ChannelPadShortcut(in_planes, planes, stride)
             else:
                 self.shortcut = nn.Sequential(
                     nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
@@ -73,7 +61,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(64, blocks, 2, shortcut)
         self.linear = nn.Linear(64, num_classes)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not is_fixed(m):
                 nn.init.kaiming_normal_(m.weight)
 
     def _stage(self, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:

@@ -21,6 +21,7 @@ from .causal.graph import CONSUMER_HANDLERS, is_producer
 from .causal.intervention import InterventionScorer
 from .causal.reference import ReferenceCausalScorer
 from .causal.scorer import CausalScorer
+from .layers import LearnedConv
 from .pruning import ImportanceFactory
 
 CRITERIA = ("causal", "causal-reference", "intervention", "l1", "random")
@@ -28,6 +29,8 @@ SCORED_CRITERIA = ("causal", "causal-reference", "intervention")
 # What `compress run` compares by default; the other two are opt-in studies (intervention is slow).
 DEFAULT_CRITERIA = ("causal", "l1", "random")
 Scorer = CausalScorer | ReferenceCausalScorer | InterventionScorer
+# The layers whose weights torch-pruning's magnitude criteria read: fixed selections are not filters.
+LEARNED_LAYERS = [LearnedConv, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm]
 
 
 def make_scorer(
@@ -131,4 +134,6 @@ class SeededRandomImportance(tp.importance.Importance):
 
 def l1_importance() -> tp.importance.Importance:
     """Group L1 magnitude (DepGraph): mean over the group's layers of each channel's L1 weight norm."""
-    return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
+    return tp.importance.GroupMagnitudeImportance(
+        p=1, group_reduction="mean", normalizer=None, target_types=LEARNED_LAYERS
+    )

@@ -21,6 +21,7 @@ import torch_pruning as tp
 
 from .causal.graph import CONSUMER_HANDLERS, build_dependency_graph, find_output_layers
 from .errors import CompressWarning, PruningError
+from .layers import is_fixed
 
 # Builds, for the model copy being pruned, the torch-pruning Importance that ranks its channels.
 ImportanceFactory = Callable[[nn.Module], tp.importance.Importance]
@@ -242,9 +243,28 @@ def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.T
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """Multiply-accumulates for one input and the number of parameters."""
+    """Multiply-accumulates for one input and the number of parameters.
+
+    torch-pruning's counter matches layer types exactly, so it skips fixed selection convolutions
+    (compress.layers); they are counted here, because the exported file runs them as convolutions.
+    """
     macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
-    return int(macs), int(params)
+    return int(macs) + _fixed_layer_macs(model, example_inputs[:1]), int(params)
+
+
+@torch.no_grad()
+def _fixed_layer_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    fixed = [m for m in model.modules() if is_fixed(m)]
+    if not fixed:
+        return 0
+    macs = []
+    handles = [m.register_forward_hook(lambda m, args, out: macs.append(out.numel() * m.in_channels)) for m in fixed]
+    try:
+        model.eval()(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(macs)
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

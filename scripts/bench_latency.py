@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchmark_tables import replace_section
+from benchmark_tables import machine, replace_section
 
 from compress.artifacts import package_versions
 from compress.benchmark import (
@@ -195,7 +195,7 @@ def main() -> None:
         HEADING,
         "",
         f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f} s wall). Machine: "
-        f"{'2-core x86-64 CPU (AVX2, no VNNI)' if providers == ['cpu'] else ', '.join(providers)}; "
+        f"{machine()}{'' if providers == ['cpu'] else ' + ' + ', '.join(providers)}; "
         f"onnxruntime {versions.get('onnxruntime')} with {threads} intra-op threads, all graph optimisations, "
         "spinning off, inputs and outputs bound beforehand (I/O binding).",
         "",

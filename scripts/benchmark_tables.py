@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +32,23 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         end = old.find("\n### ", start + len(heading))
         new = old[:start] + text.rstrip("\n") + "\n" + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new)
+
+
+def machine() -> str:
+    """This machine as a benchmark states it: cores and the vector extensions its kernels use (read, not
+    assumed: onnxruntime's blocked convolutions work in blocks of 16 channels with AVX-512, 8 with AVX2)."""
+    flags: set[str] = set()
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    flags = set(value.split())
+                elif key.strip() == "model name":
+                    model = value.strip()
+    except OSError:
+        pass
+    isa = [name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags][:1]
+    isa.append("VNNI" if {"avx512_vnni", "avx_vnni"} & flags else "no VNNI")
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({model}; {', '.join(isa)})"

@@ -99,13 +99,13 @@ def test_scored_criteria_need_a_fitted_scorer():
         importance_factory("magic")
 
 
-def test_option_a_cifar_resnet_is_never_pruned_into_a_broken_model():
+def test_option_a_cifar_resnet_prunes_whole_with_every_scored_criterion():
     torch.manual_seed(0)
     model = randomise_batchnorm(CifarResNet(20, num_classes=10, shortcut="A"))
     x = batches(n=32, shape=(3, 32, 32), classes=10)
-    scorer = make_scorer("causal").fit(model, x)
-    with pytest.warns(UserWarning, match="keeping group"):
-        result = prune(model, importance_factory("causal", scorer), 0.5, x[0][0])
-    assert result.kept_unpruned  # the padded residual streams stay whole
-    assert result.model.layer1[0].conv1.out_channels == 8  # block-internal filters are pruned
-    assert result.model(x[0][0]).shape == (16, 10)
+    for criterion in SCORED_CRITERIA:
+        scorer = make_scorer(criterion, intervention_images=16).fit(model, x)
+        result = prune(model, importance_factory(criterion, scorer), 0.5, x[0][0])
+        assert result.kept_unpruned == {}, criterion
+        assert result.model.conv1.out_channels == 8  # the first residual stream is pruned too
+        assert result.model(x[0][0]).shape == (16, 10)

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from .. import visualize
 from ..criteria import SCORED_CRITERIA, importance_factory, make_scorer
 from ..evaluation import evaluate
+from ..layers import learned_convs
 from ..pruning import prune
 from .calibration import batch_images
 
@@ -66,7 +67,7 @@ class CausalCNNExplainer:
         self.mean, self.std = mean, std
         self.round_to = round_to
         self.scorer = make_scorer(criterion, ridge=ridge, pool_grid=pool_grid, intervention_images=intervention_images)
-        self.conv_layers = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d)]
+        self.conv_layers = list(learned_convs(self.model))
         if not self.conv_layers:
             raise ValueError(f"{type(model).__name__} has no nn.Conv2d layers to explain")
         self.filter_importances = {i: np.zeros(m.out_channels) for i, (_, m) in enumerate(self.conv_layers)}

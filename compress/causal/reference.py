@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..layers import learned_convs
 from ..progress import progress
 from .calibration import open_batches
 from .graph import build_channel_graph, group_scores_from_layers
@@ -66,7 +67,7 @@ class ReferenceCausalScorer:
         observed = copy.deepcopy(model).eval()
         first, images, total = open_batches(batches, self.max_batches)
         self.graph_ = build_channel_graph(observed, example_inputs if example_inputs is not None else first[:2])
-        convs = [(n, m) for n, m in observed.named_modules() if isinstance(m, nn.Conv2d)]
+        convs = list(learned_convs(observed))
         if not convs:
             raise ValueError(f"{type(model).__name__} has no conv layers to score")
         self.layers_ = [n for n, _ in convs]
