@@ -13,7 +13,6 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
     __version__ = "0.0.0+unknown"
 
 from .benchmark import LatencySettings, make_session, measure_latency, onnx_accuracy
-from .causal.explainer import CausalCNNExplainer
 from .causal.intervention import InterventionScorer
 from .causal.reference import ReferenceCausalScorer
 from .causal.scorer import CausalScorer
@@ -31,6 +30,7 @@ from .criteria import (
 from .data import DataSplits, load_data
 from .errors import CompressError
 from .evaluation import evaluate
+from .explainer import CausalCNNExplainer
 from .export import check_parity, export_onnx
 from .pipeline import run
 from .pruning import PruneResult, prune

@@ -15,11 +15,10 @@ from typing import Any
 
 from . import __version__
 from .artifacts import environment, sha256
-from .benchmark import LatencySettings, make_session, onnx_accuracy, time_providers
+from .benchmark import LatencySettings, make_session, onnx_accuracy, resolve_providers, time_providers
 from .data import load_data
 from .errors import ConfigError
 from .onnx_info import OnnxInfo, read_onnx_info
-from .pipeline import first_images, resolve_providers
 
 
 @dataclass
@@ -71,7 +70,7 @@ def bench_files(paths: Sequence[str | Path], settings: BenchSettings | None = No
                 f"{info.path} has a fixed batch size of {info.fixed_batch}; "
                 f"benchmark it with --batch {info.fixed_batch}"
             )
-    images = first_images(splits, max(batches))
+    images = splits.evaluation_batch(max(batches))
     inputs = {b: images[:b].numpy() for b in batches}
     records: list[dict[str, Any]] = []
     files = dict(zip(names, (info.path for info in infos), strict=True))

@@ -52,6 +52,20 @@ def available_providers() -> list[str]:
     return [alias for alias, (names, _) in PROVIDERS.items() if names[0] in present]
 
 
+def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+    """The providers to benchmark: those asked for (each must be present) or every present one."""
+    present = available_providers()
+    if requested is None:  # TensorRT builds an engine per file: only when asked for
+        return [p for p in present if p != "tensorrt"]
+    missing = [p for p in requested if p not in present]
+    if missing:
+        raise ConfigError(
+            f"onnxruntime provider {missing[0]!r} is not available here (available: {', '.join(present)}); "
+            "for cuda and tensorrt install the gpu extra (onnxruntime-gpu, which replaces onnxruntime)"
+        )
+    return list(requested)
+
+
 def default_threads() -> int:
     """One intra-op thread per CPU core available to this process."""
     try:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import DataError
 from .progress import progress
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 # torchvision data sets reachable by name: torchvision class name, number of classes.
 TORCHVISION_DATASETS: dict[str, tuple[str, int]] = {
@@ -60,10 +63,38 @@ class DataSplits:
         n = min(n, len(self.calibration))
         return torch.stack([self.calibration[i][0] for i in range(n)])
 
+    def evaluation_batch(self, n: int) -> torch.Tensor:
+        """The first `n` evaluation images (repeated when there are fewer): parity and latency inputs."""
+        images = next(iter(make_loader(self.evaluation, n)))[0]
+        if len(images) < n:
+            images = images.repeat(-(-n // len(images)), *([1] * (images.dim() - 1)))[:n]
+        return images.contiguous()
+
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+def load_splits(config: RunConfig, input_size: tuple[int, int, int], mean, std) -> DataSplits:
+    """The data of a run's `config` for a model taking `input_size` normalised by `mean`/`std`;
+    --image-size, --mean and --std override the model's own."""
+    channels, height, width = input_size
+    if config.image_size is not None:
+        height = width = config.image_size
+    return load_data(
+        config.data,
+        input_size=(channels, height, width),
+        mean=config.mean or mean,
+        std=config.std or std,
+        root=config.data_root,
+        calibration_size=config.calibration_size,
+        evaluation_size=config.eval_size,
+        seed=config.seed,
+        download=config.download,
+        training=config.finetune_epochs > 0,
+        training_size=config.finetune_size,
+    )
 
 
 def load_data(

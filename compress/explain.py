@@ -1,6 +1,6 @@
 """`compress explain`: score a model's filters and write the four pictures with the importances.
 
-The same stages as `compress run` up to scoring, through the `CausalCNNExplainer` facade, so what the
+The same loading as `compress run`, then scoring through the `CausalCNNExplainer` facade, so what the
 command draws is what a Python user of the facade gets.
 """
 
@@ -14,11 +14,12 @@ import numpy as np
 
 from . import __version__
 from .artifacts import OutputDir, environment
-from .causal.explainer import CausalCNNExplainer
 from .config import RunConfig
+from .data import load_splits
 from .errors import ConfigError
-from .pipeline import load_inputs
+from .explainer import CausalCNNExplainer
 from .serialization import save_importances
+from .zoo import check_model_accepts, get_spec, load_model
 
 log = logging.getLogger("compress")
 
@@ -37,12 +38,14 @@ def explain(
     config.validate()
     with OutputDir(config.out, force=config.force) as out:
         start = time.perf_counter()
-        inputs = load_inputs(config)
-        splits = inputs.splits
+        spec = get_spec(config.model)
+        splits = load_splits(config, spec.input_size, spec.mean, spec.std)
+        loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
+        check_model_accepts(loaded.model, splits.example_batch(16), splits.num_classes)
         if not 0 <= image_index < len(splits.evaluation):
             raise ConfigError(f"image index {image_index} is outside the {len(splits.evaluation)} evaluation images")
         explainer = CausalCNNExplainer(
-            inputs.model,
+            loaded.model,
             criterion=criterion,
             mean=splits.mean,
             std=splits.std,
@@ -65,7 +68,7 @@ def explain(
         summary = {
             "schema": "compress.explanation/1",
             "compress_version": __version__,
-            "model": {"name": inputs.loaded.spec.name, "weights": inputs.loaded.weights},
+            "model": {"name": spec.name, "weights": loaded.weights},
             "data": splits.info,
             "criterion": criterion,
             "calibration_images": explainer.scorer.n_images_,

@@ -27,6 +27,7 @@ from .errors import ExportError
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+PARITY_IMAGES = 32  # real evaluation images every exported file is compared with PyTorch on
 
 
 @dataclass

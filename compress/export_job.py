@@ -15,13 +15,13 @@ from . import __version__
 from .artifacts import OutputFiles, disk_errors, environment, sha256
 from .benchmark import make_session, onnx_accuracy
 from .config import RunConfig
+from .data import load_splits
 from .errors import ConfigError
-from .export import check_parity, export_onnx
+from .export import PARITY_IMAGES, check_parity, export_onnx
 from .onnx_info import preprocessing_metadata, read_onnx_info
-from .pipeline import PARITY_IMAGES, check_model_accepts, first_images, load_splits
 from .quantize import quantize_int8
 from .serialization import load_pruned_with_info
-from .zoo import get_spec, load_model
+from .zoo import check_model_accepts, get_spec, load_model
 
 
 def int8_path(path: str | Path) -> Path:
@@ -67,7 +67,7 @@ def export_model(
                 metadata=metadata,
             )
         session = make_session(staged, "cpu", config.threads)
-        images = first_images(splits, PARITY_IMAGES)
+        images = splits.evaluation_batch(PARITY_IMAGES)
         parity = check_parity(session, model, images, tolerance=config.parity_tolerance)
         evaluation = splits.loader("evaluation", static_batch or config.batch_size)
         summary: dict[str, Any] = {

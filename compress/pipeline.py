@@ -15,7 +15,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,22 +25,15 @@ import torch.nn as nn
 
 from . import __version__
 from .artifacts import OutputDir, check_output_dir, disk_errors, environment
-from .benchmark import (
-    LatencySettings,
-    available_providers,
-    make_session,
-    onnx_hits,
-    run_batched,
-    time_providers,
-)
+from .benchmark import LatencySettings, make_session, onnx_hits, resolve_providers, run_batched, time_providers
 from .causal.scorer import CausalScorer
 from .config import RunConfig
 from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
-from .data import DataSplits, load_data, make_loader
+from .data import DataSplits, load_splits, make_loader
 from .distributed import SINGLE, Distributed, distributed_from_env
-from .errors import CompressWarning, ConfigError, DataError, ModelError
+from .errors import CompressWarning
 from .evaluation import evaluate_sharded, percentages
-from .export import check_parity, export_onnx
+from .export import PARITY_IMAGES, check_parity, export_onnx
 from .gates import check_gates
 from .onnx_info import preprocessing_metadata
 from .progress import progress, set_quiet
@@ -51,12 +44,11 @@ from .report import summarise_by_ratio, write_plots, write_report_md
 from .serialization import save_importances, save_pruned
 from .targets import TargetSearch, search_macs_ratio, search_speedup
 from .training import train
-from .zoo import LoadedModel, get_spec, load_model
+from .zoo import LoadedModel, check_model_accepts, get_spec, load_model
 
 log = logging.getLogger("compress")
 
 REPORT_SCHEMA = "compress.report/1"
-PARITY_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -198,7 +190,7 @@ def load_inputs(config: RunConfig, distributed: Distributed | None = None) -> _I
         splits=splits,
         loaded=loaded,
         example=example,
-        eval_images=first_images(splits, max(config.latency_batch, PARITY_IMAGES)),
+        eval_images=splits.evaluation_batch(max(config.latency_batch, PARITY_IMAGES)),
         protected=protected,
         providers=resolve_providers(config.providers),
         distributed=distributed or SINGLE,
@@ -229,27 +221,6 @@ def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
             scorers[criterion] = scorer.fit(inputs.model, calibration, inputs.example)
         log.info("%s scores: %d groups, %.1f s", criterion, len(scorer.importances_), scorer.fit_seconds_)
     return scorers
-
-
-def load_splits(config: RunConfig, input_size, mean, std) -> DataSplits:
-    """`config`'s data for a model taking `input_size` normalised by `mean`/`std`; --image-size,
-    --mean and --std override the model's own."""
-    channels, height, width = input_size
-    if config.image_size is not None:
-        height = width = config.image_size
-    return load_data(
-        config.data,
-        input_size=(channels, height, width),
-        mean=config.mean or mean,
-        std=config.std or std,
-        root=config.data_root,
-        calibration_size=config.calibration_size,
-        evaluation_size=config.eval_size,
-        seed=config.seed,
-        download=config.download,
-        training=config.finetune_epochs > 0,
-        training_size=config.finetune_size,
-    )
 
 
 def _search_target(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
@@ -588,42 +559,6 @@ def _scoring_record(criterion: str, scorer: Scorer, config: RunConfig) -> dict[s
     if criterion == "causal":
         record.update(ridge=config.ridge, pool_grid=config.pool_grid, consumer_layers=len(scorer.graph_.consumers))
     return record
-
-
-def check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
-    try:
-        with torch.no_grad():
-            output = model.eval()(example)
-    except Exception as exc:
-        raise DataError(
-            f"the model cannot take input of shape {tuple(example.shape[1:])} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "set --image-size (and --mean/--std) to what the model was trained on"
-        ) from exc
-    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ModelError(f"the model outputs {shape}, expected (batch, {num_classes}) class scores")
-
-
-def resolve_providers(requested: Sequence[str] | None) -> list[str]:
-    """The providers to benchmark: those asked for (each must be present) or every present one."""
-    present = available_providers()
-    if requested is None:  # TensorRT builds an engine per file: only when asked for
-        return [p for p in present if p != "tensorrt"]
-    missing = [p for p in requested if p not in present]
-    if missing:
-        raise ConfigError(
-            f"onnxruntime provider {missing[0]!r} is not available here (available: {', '.join(present)}); "
-            "for cuda and tensorrt install the gpu extra (onnxruntime-gpu, which replaces onnxruntime)"
-        )
-    return list(requested)
-
-
-def first_images(splits: DataSplits, n: int) -> torch.Tensor:
-    images = next(iter(make_loader(splits.evaluation, n)))[0]
-    if len(images) < n:  # a tiny evaluation split: repeat it to fill the batch
-        images = images.repeat(-(-n // len(images)), *([1] * (images.dim() - 1)))[:n]
-    return images.contiguous()
 
 
 def _channel_ratio(widths: dict[str, int], base: dict[str, int], protected: list[str]) -> float:

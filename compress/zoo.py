@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .artifacts import sha256
 from .cifar_resnet import DEPTHS as CIFAR_RESNET_DEPTHS
 from .cifar_resnet import CifarResNet
-from .errors import ModelError
+from .errors import DataError, ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -261,6 +261,22 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 def _few(items: list[str], n: int = 3) -> str:
     shown = ", ".join(items[:n])
     return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
+
+
+def check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+    """The model runs on `example` (real, normalised images) and outputs `num_classes` class scores."""
+    try:
+        with torch.no_grad():
+            output = model.eval()(example)
+    except Exception as exc:
+        raise DataError(
+            f"the model cannot take input of shape {tuple(example.shape[1:])} "
+            f"({type(exc).__name__}: {_first_line(exc)}); "
+            "set --image-size (and --mean/--std) to what the model was trained on"
+        ) from exc
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelError(f"the model outputs {shape}, expected (batch, {num_classes}) class scores")
 
 
 def load_model(

@@ -1,4 +1,5 @@
-"""`CausalCNNExplainer`: the seed's API (applybn) as a thin facade over this project's stages.
+"""`CausalCNNExplainer`: the seed's API (applybn) as a thin facade over this project's stages
+(scoring, criteria, pruning, evaluation, pictures), so it sits above them.
 
 The seed's example runs with only its import line changed. Where the seed is wrong, this facade
 follows the project instead:
@@ -23,12 +24,12 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
-from .. import visualize
-from ..criteria import SCORED_CRITERIA, importance_factory, make_scorer
-from ..evaluation import evaluate
-from ..layers import learned_convs
-from ..pruning import prune
-from .calibration import batch_images
+from . import visualize
+from .causal.calibration import batch_images
+from .criteria import SCORED_CRITERIA, importance_factory, make_scorer
+from .evaluation import evaluate
+from .layers import learned_convs
+from .pruning import prune
 
 
 class CausalCNNExplainer:
