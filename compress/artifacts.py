@@ -95,6 +95,7 @@ class OutputDir:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+            os.chmod(self.staging, 0o777 & ~current_umask())  # mkdtemp's private 0700 is not a user's directory
         except OSError as exc:
             raise OutputError(f"cannot create the output directory in {parent}: {exc.strerror or exc}") from exc
         self.committed = False
@@ -181,8 +182,7 @@ class OutputFiles:
         return Path(name)
 
     def commit(self) -> list[Path]:
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         for target, staging in self.staged.items():
             try:
                 os.chmod(staging, 0o666 & ~umask)  # mkstemp's private 0600 is not what a user's file gets
@@ -199,6 +199,13 @@ class OutputFiles:
         if not self.committed:
             for staging in self.staged.values():
                 staging.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import click
 from . import __version__
 from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
-from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning, ConfigError
+from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning, ConfigError, collect_warnings
 from .export import EXPORTERS
 from .training import AUGMENTATIONS, SCHEDULES
 
@@ -102,7 +102,9 @@ def _output_options(default_out: str):
         click.option("--out", default=default_out, show_default=True, help="Output directory."),
         click.option("--force", is_flag=True, help="Replace the output directory if it exists."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet)."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines."),
+        click.option(
+            "--quiet", "-q", is_flag=True, help="No progress bars, log lines or warnings (they stay in the report)."
+        ),
     )
 
 
@@ -432,7 +434,7 @@ def explain(
 @click.option("--threads", type=int, help="onnxruntime intra-op threads of the checks.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (implies --quiet).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars, log lines or warnings (they stay in the report).")
 def export_command(
     as_json: bool,
     quiet: bool,
@@ -503,7 +505,7 @@ def export_command(
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace the --report file if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (implies --quiet).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars, log lines or warnings (they stay in the report).")
 def bench_command(
     files: tuple[str, ...],
     providers: tuple[str, ...],
@@ -638,14 +640,13 @@ def _configure_output(quiet: bool) -> None:
     set_quiet(quiet)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("compress: %(message)s"))
-    for name in ("compress", "py.warnings"):  # only our own log lines; libraries stay silent
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.WARNING if quiet else logging.INFO)
-        logger.propagate = False
-    logging.captureWarnings(True)
+    logger = logging.getLogger("compress")  # only our own log lines; libraries stay silent
+    logger.handlers[:] = [handler]
+    # --quiet hides warnings too: they stay in report.json
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    logger.propagate = False
     warnings.filterwarnings("ignore")  # third-party deprecation chatter is not the user's concern
-    warnings.filterwarnings("always", category=CompressWarning)
+    warnings.filterwarnings("always", category=CompressWarning)  # one line each: see collect_warnings
 
 
 def _summary(report: dict) -> dict:
@@ -655,6 +656,7 @@ def _summary(report: dict) -> dict:
         "chosen": report["chosen"],
         "gates": report["gates"],
         "gates_passed": report["gates_passed"],
+        "warnings": report["warnings"],
         "variants": [
             {
                 "name": v["name"],
@@ -735,7 +737,8 @@ def console_main() -> None:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        result = cli.main(args=argv, prog_name="compress", standalone_mode=False)
+        with collect_warnings():  # each distinct warning once, as one line
+            result = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:  # one line, like every other bad input

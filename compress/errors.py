@@ -7,6 +7,11 @@ traceback. Anything else escaping the pipeline is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -48,3 +53,26 @@ class OutputError(CompressError):
 
 class CompressWarning(UserWarning):
     """Something the user should know that did not stop the run (e.g. a group kept unpruned)."""
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Within the block, every distinct CompressWarning is logged once, as one line on the "compress"
+    logger ("warning: <message>", without a source line), and kept in order in the list yielded, for
+    the report. Other warnings are left to the enclosing handler."""
+    seen: list[str] = []
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, CompressWarning):
+            return previous(message, category, filename, lineno, file, line)
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.append(text)
+            logging.getLogger("compress").warning("warning: %s", text)
+        return None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CompressWarning)  # repeats reach `show`, which drops them
+        warnings.showwarning = show
+        yield seen

@@ -31,7 +31,7 @@ from .config import RunConfig
 from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
 from .data import DataSplits, load_splits, make_loader
 from .distributed import SINGLE, Distributed, distributed_from_env
-from .errors import CompressWarning
+from .errors import CompressWarning, collect_warnings
 from .evaluation import evaluate_sharded, percentages
 from .export import PARITY_IMAGES, check_parity, export_onnx
 from .gates import check_gates
@@ -116,13 +116,13 @@ def run(config: RunConfig) -> dict[str, Any] | None:
     Returns the report; under torchrun, on processes other than rank 0, None (rank 0 writes).
     """
     config.validate()
-    with distributed_from_env() as distributed:
-        report = _run(config, distributed)
+    with distributed_from_env() as distributed, collect_warnings() as warned:
+        report = _run(config, distributed, warned)
         distributed.barrier()  # the other processes wait until rank 0 has written everything
     return report
 
 
-def _run(config: RunConfig, distributed: Distributed) -> dict[str, Any] | None:
+def _run(config: RunConfig, distributed: Distributed, warned: list[str]) -> dict[str, Any] | None:
     if not distributed.is_main:  # one voice: rank 0 logs, shows progress and warns
         set_quiet(True)
         log.setLevel(logging.WARNING)
@@ -139,6 +139,7 @@ def _run(config: RunConfig, distributed: Distributed) -> dict[str, Any] | None:
             return None
         latency = _measure_latency(config, inputs, variants, out)
         report = _assemble_report(config, inputs, scorers, variants, latency, target)
+        report["warnings"] = warned  # every distinct warning of the run, shown once each as it came
         _write_outputs(out, report, variants, scorers, inputs)
         out.write_manifest(
             {
@@ -350,7 +351,8 @@ def _finish_variant(
             model, inputs.example, path, opset=config.opset, exporter=config.exporter, metadata=metadata
         )
     if exported.fallback_reason:
-        log.warning("%s: exported with %s (%s)", name, exported.exporter, exported.fallback_reason)
+        reason = f"exported with the {exported.exporter} exporter ({exported.fallback_reason})"
+        warnings.warn(reason, CompressWarning, stacklevel=1)
     session = make_session(path, inputs.providers[0], config.threads)
     parity = check_parity(session, model, inputs.eval_images[:PARITY_IMAGES], tolerance=config.parity_tolerance)
     accuracy = inputs.onnx_accuracy(session, config.batch_size, desc=f"{name} onnx accuracy")

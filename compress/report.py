@@ -151,6 +151,8 @@ def write_report_md(report: dict[str, Any]) -> str:
             result = "pass" if g["passed"] else "**FAIL**"
             threshold, value = f"{g['threshold']:g} {g['unit']}", f"{g['value']:.3f} {g['unit']}"
             lines.append(f"| {g['name']} | {threshold} | {value} | {result} | {g['what']} |")
+    if report.get("warnings"):
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in report["warnings"])]
     kept = {v["name"]: v["kept_unpruned"] for v in variants if v.get("kept_unpruned")}
     if kept:
         lines += ["", "## Groups kept unpruned for safety", ""]

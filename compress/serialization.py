@@ -61,15 +61,11 @@ def load_pruned_with_info(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """`load_pruned`, plus what pruned.pt says about the model: architecture, num_classes, input_size,
     mean, std, variant, criterion, ratio."""
     from .pruning import apply_history
-    from .zoo import get_spec, load_state_dict_checked
+    from .zoo import get_spec, load_state_dict_checked, read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"pruned model not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"{path} is not a readable pruned.pt ({type(exc).__name__}: {exc})") from exc
+    payload = read_checkpoint(  # never trusted: a pruned.pt holds tensors and plain values only
+        path, what="pruned model", flag="--pruned", untrusted_advice="a pruned.pt written by compress run has none"
+    )
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         raise ModelError(f"{path} is not a compress pruned model (format {PRUNED_FORMAT!r} expected)")
     spec = get_spec(payload["architecture"])

@@ -7,11 +7,13 @@ a checkpoint with `weights_only=True` unless the caller trusts the file.
 
 from __future__ import annotations
 
+import importlib.resources
 import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,7 +31,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_MEAN = (0.3056,)
 DIGITS_STD = (0.3761,)
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The checkpoints the project trained itself travel with the package (models/ in the source tree,
+# installed as compress.checkpoints), so a wheel or git install runs the default offline.
+CHECKPOINTS_DIR = Path(str(importlib.resources.files("compress.checkpoints")))
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ register_model(
         input_size=(1, 8, 8),
         mean=DIGITS_MEAN,
         std=DIGITS_STD,
-        default_weights=MODELS_DIR / "digits_cnn.pt",
+        default_weights=CHECKPOINTS_DIR / "digits_cnn.pt",
         description="4-conv CNN for scikit-learn's 8x8 digits (the embedded default)",
     )
 )
@@ -185,29 +189,7 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     "model", ...), and weights saved from `nn.DataParallel` ("module." prefixes). A whole pickled
     model loads only with `trust_checkpoint`, because unpickling it runs code from the file.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ModelError(f"checkpoint {path} is a directory; pass the file of a saved state dict with --weights")
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path} (pass the path of a saved state dict with --weights)")
-    if path.stat().st_size == 0:
-        raise ModelError(f"checkpoint is empty: {path} (0 bytes); re-save the weights")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found and not trust_checkpoint:
-            raise ModelError(
-                f"checkpoint {path} holds pickled Python objects ({found.group(1)}; e.g. a whole model saved "
-                "with torch.save(model)), and loading those runs code from the file; save "
-                "model.state_dict() instead, or pass --trust-checkpoint if you trust its source"
-            ) from exc
-        raise ModelError(f"checkpoint {path} is corrupt or not a PyTorch file (unpickling failed)") from exc
-    except Exception as exc:  # torch.load fails on foreign bytes in many ways (KeyError for a text file)
-        raise ModelError(
-            f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {_first_line(exc)})"
-        ) from exc
-
+    obj = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     if isinstance(obj, nn.Module):  # only reachable with trust_checkpoint
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
@@ -224,6 +206,40 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def read_checkpoint(
+    path: str | Path,
+    *,
+    trust_checkpoint: bool = False,
+    what: str = "checkpoint",
+    flag: str = "--weights",
+    untrusted_advice: str = "save model.state_dict() instead, or pass --trust-checkpoint if you trust its source",
+) -> Any:
+    """`torch.load` of a file the user named, with `weights_only=True` unless they trust it; every way
+    it can fail is one ModelError line naming the file (`what` it should be, the `flag` that gave it,
+    and what to do about pickled objects in it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{what} {path} is a directory; pass a file with {flag}")
+    if not path.is_file():
+        raise ModelError(f"{what} not found: {path} (pass the path of an existing file with {flag})")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{what} is empty: {path} (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found and not trust_checkpoint:
+            raise ModelError(
+                f"{what} {path} holds pickled Python objects ({found.group(1)}; e.g. a whole model saved "
+                f"with torch.save(model)), and loading those runs code from the file; {untrusted_advice}"
+            ) from exc
+        raise ModelError(f"{what} {path} is corrupt or not a PyTorch file (unpickling failed)") from exc
+    except Exception as exc:  # torch.load fails on foreign bytes in many ways (KeyError for a text file)
+        raise ModelError(
+            f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -299,7 +315,7 @@ def load_model(
         if not Path(weights).is_file():
             raise ModelError(
                 f"the shipped checkpoint of {spec.name} is missing ({weights}); "
-                "run scripts/train_digits.py or pass --weights"
+                "reinstall compress, or run scripts/train_digits.py in its source tree, or pass --weights"
             )
     if weights is None:
         if not allow_random_init:

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from compress.artifacts import sha256
 from compress.data import digits_arrays, normalize
 from compress.evaluation import accuracy
-from compress.zoo import DIGITS_MEAN, DIGITS_STD, MODELS_DIR, DigitsCNN
+from compress.zoo import DIGITS_MEAN, DIGITS_STD, DigitsCNN
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # the source of compress.checkpoints
 
 RECIPE = {
     "epochs": 40,

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from compress.artifacts import OutputDir, OutputFiles, sha256
 from compress.cli import main
 from compress.errors import OutputError
-from compress.zoo import MODELS_DIR
+from compress.zoo import CHECKPOINTS_DIR
 
 FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
 
@@ -24,7 +24,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_same_inputs_and_seed_give_identical_importances_channels_and_onnx_weights(tmp_path):
-    checkpoint = MODELS_DIR / "digits_cnn.pt"
+    checkpoint = CHECKPOINTS_DIR / "digits_cnn.pt"
     before = (sha256(checkpoint), checkpoint.stat().st_mtime_ns)
     runs = []
     for name in ("first", "second"):
@@ -78,3 +78,15 @@ def test_staged_files_appear_only_when_committed(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
+
+
+def test_the_output_directory_gets_the_umask_mode_like_its_files(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with OutputDir(tmp_path / "out") as out:
+            out.write_text("report.json", "{}")
+            out.commit()
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0700
+    assert (tmp_path / "out" / "report.json").stat().st_mode & 0o777 == 0o644
