@@ -224,15 +224,21 @@ _model_and_data_options = _options(
         "--model",
         default="digits-cnn",
         show_default=True,
-        help="Architecture: a compress name or any torchvision classification model (see `compress models`).",
+        help="Architecture: a compress or torchvision name (`compress models`), timm:NAME for a timm model "
+        "(the timm extra), or package.module:factory for your own class or function (needs --trust-code).",
     ),
     click.option(
         "--weights",
-        help="Checkpoint (state dict) to load; for torchvision models also a weights name "
-        "such as DEFAULT (downloaded by torchvision).",
+        help="Checkpoint (state dict) to load; for torchvision models also a weights name such as DEFAULT "
+        "(downloaded by torchvision), for timm models DEFAULT or a pretrained tag (downloaded by timm).",
     ),
     click.option(
         "--trust-checkpoint", is_flag=True, help="Allow a checkpoint holding pickled objects (runs code from the file)."
+    ),
+    click.option(
+        "--trust-code",
+        is_flag=True,
+        help="Allow --model package.module:factory (importing your module runs its code).",
     ),
     click.option(
         "--data",
@@ -632,6 +638,8 @@ def list_models() -> None:
     for name in available_models():
         spec = _REGISTRY.get(name)
         click.echo(f"{name:24s} {spec.description}" if spec else name)
+    click.echo("timm:NAME                any timm model (pip install 'compress[timm]'; timm.list_models() names them)")
+    click.echo("package.module:factory   your own class or function returning an nn.Module (with --trust-code)")
 
 
 def _configure_output(quiet: bool) -> None:

@@ -38,6 +38,7 @@ class RunConfig:
     model: str = "digits-cnn"
     weights: str | None = None
     trust_checkpoint: bool = False
+    trust_code: bool = False  # allow `model` to be an import path (package.module:factory)
     # data
     data: str = "digits"
     data_root: str | None = None

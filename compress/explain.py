@@ -38,7 +38,7 @@ def explain(
     config.validate()
     with OutputDir(config.out, force=config.force) as out:
         start = time.perf_counter()
-        spec = get_spec(config.model)
+        spec = get_spec(config.model, trust_code=config.trust_code)
         splits = load_splits(config, spec.input_size, spec.mean, spec.std)
         loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
         check_model_accepts(loaded.model, splits.example_batch(16), splits.num_classes)

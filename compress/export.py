@@ -6,12 +6,8 @@ benchmark or a serving stack can feed it correctly without the training code.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +19,7 @@ import torch.nn as nn
 
 from .benchmark import run_batched
 from .errors import ExportError
+from .progress import quiet_library_output
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
@@ -154,19 +151,6 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ops
 
 
 _EXPORT = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
-
-
-@contextlib.contextmanager
-def quiet_library_output():
-    """The exporters and the quantiser print progress, log tracebacks of what they recover from and
-    warn about deprecations; failures that matter reach us as exceptions, so keep the terminal clean."""
-    logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]*")

@@ -110,11 +110,11 @@ def export_model(
 def _load(config: RunConfig, pruned: str | Path | None):
     """(model, architecture name, where it came from, data splits sized for it)."""
     if pruned is not None:
-        model, info = load_pruned_with_info(pruned)
+        model, info = load_pruned_with_info(pruned, trust_code=config.trust_code)
         input_size, mean, std = tuple(info["input_size"]), info["mean"], info["std"]
         name, source = info["architecture"], f"{pruned} ({info.get('variant')})"
     else:
-        spec = get_spec(config.model)
+        spec = get_spec(config.model, trust_code=config.trust_code)
         input_size, mean, std = spec.input_size, spec.mean, spec.std
         name, model, source = spec.name, None, None
     splits = load_splits(config, input_size, mean, std)

@@ -1,10 +1,11 @@
-"""Structural pruning with torch-pruning, checked group by group against the unpruned model.
+"""Structural pruning with torch-pruning, checked against the unpruned model.
 
-Removing a channel must be equivalent to feeding zeros for it to every layer that reads it. After
-each group is pruned, the slim model is compared with a copy of the original whose consumer layers
-see those channels zeroed; a group that fails (an operator torch-pruning maps wrongly, like a
-channel-padding shortcut) is kept unpruned, with a warning, and pruning starts again without it.
-A model that does not pass is never handed out.
+Removing a channel must be equivalent to feeding zeros for it to every layer that reads it. The slim
+model is compared with a copy of the original whose consumer layers see the removed channels zeroed;
+when they differ, pruning is repeated with that check after every group, the group that fails (an
+operator torch-pruning maps wrongly, like a channel-padding shortcut it does not know) is kept
+unpruned, with a warning, and pruning starts again without it. A model that does not pass is never
+handed out.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class PruneResult:
 
 
 class _GroupRejected(Exception):
-    def __init__(self, root: str, reason: str):
-        super().__init__(f"{root}: {reason}")
-        self.root, self.reason = root, reason
+    """A pruned group (`root`; None: some group of the whole pruned model) fails validation. `reason`
+    is the same for every variant; `detail` (a measured difference, an exception's text) is not."""
+
+    def __init__(self, root: str | None, reason: str, detail: str = ""):
+        super().__init__(f"{root}: {reason} {detail}")
+        self.root, self.reason, self.detail = root, reason, detail
 
 
 def output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
@@ -121,16 +125,23 @@ def prune(
     with torch.no_grad():
         expected_shape = tuple(reference(example_inputs).shape)
     kept: dict[str, str] = {}
+    # The pruned model is checked once as a whole; only when that fails is it pruned again with a
+    # check after every group, to find the group to keep (a forward pass per group is the slow part).
+    check_each = False
     while True:
         try:
             pruned, history = _prune_once(
-                reference, importance, ratio, example_inputs, list(protected) + list(kept), round_to
+                reference, importance, ratio, example_inputs, list(protected) + list(kept), round_to, check_each
             )
         except _GroupRejected as rejected:
+            if rejected.root is None:
+                check_each = True
+                continue
             if rejected.root in kept:  # cannot happen unless torch-pruning ignores ignored_layers
                 raise PruningError(f"pruning group {rejected.root} failed validation even when ignored") from None
             warnings.warn(f"keeping group {rejected.root} unpruned: {rejected.reason}", CompressWarning, stacklevel=2)
-            kept[rejected.root] = rejected.reason
+            kept[rejected.root] = f"{rejected.reason} {rejected.detail}".strip()
+            check_each = False
             continue
         break
     with torch.no_grad():
@@ -147,6 +158,7 @@ def _prune_once(
     example_inputs: torch.Tensor,
     ignored: list[str],
     round_to: int | None,
+    check_each: bool,
 ) -> tuple[nn.Module, list[list]]:
     work = copy.deepcopy(reference)
     names = {m: n for n, m in work.named_modules()}
@@ -173,8 +185,11 @@ def _prune_once(
             try:
                 group.prune()
             except Exception as exc:  # torch-pruning failed half-way: the copy is unusable
-                raise _GroupRejected(root, f"torch-pruning failed ({type(exc).__name__}: {exc})") from exc
-            _check_equivalent(work, masked, example_inputs, root)
+                raise _GroupRejected(root, "torch-pruning failed", f"({type(exc).__name__}: {exc})") from exc
+            if check_each:
+                _check_equivalent(work, masked, example_inputs, root)
+        if not check_each:
+            _check_equivalent(work, masked, example_inputs, None)
     finally:
         masked.close()
     history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
@@ -226,11 +241,12 @@ class _MaskedReference:
 
 
 @torch.no_grad()
-def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.Tensor, root: str) -> None:
+def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.Tensor, root: str | None) -> None:
+    """The pruned model equals the masked original on `inputs`, else _GroupRejected for `root`."""
     try:
         out = work(inputs)
     except Exception as exc:
-        raise _GroupRejected(root, f"the pruned model no longer runs ({type(exc).__name__}: {exc})") from exc
+        raise _GroupRejected(root, "the pruned model no longer runs", f"({type(exc).__name__}: {exc})") from exc
     expected = masked(inputs)
     if out.shape != expected.shape:
         raise _GroupRejected(root, f"output shape changed to {tuple(out.shape)} from {tuple(expected.shape)}")
@@ -238,7 +254,7 @@ def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.T
     error = float((out - expected).abs().max())
     if error > VALIDATION_ATOL + VALIDATION_RTOL * scale:
         raise _GroupRejected(
-            root, f"the pruned model differs from the original with those channels zeroed (max {error:.3g})"
+            root, "the pruned model differs from the original with those channels zeroed", f"(max {error:.3g})"
         )
 
 

@@ -20,7 +20,7 @@ import torch
 
 from .benchmark import require_onnxruntime
 from .errors import ExportError
-from .export import quiet_library_output
+from .progress import quiet_library_output
 
 
 @dataclass

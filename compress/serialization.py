@@ -52,12 +52,15 @@ def save_pruned(
         torch.save(payload, path)
 
 
-def load_pruned(path: str | Path) -> nn.Module:
-    """Rebuild a pruned model from pruned.pt: the architecture, the pruning history, then the weights."""
-    return load_pruned_with_info(path)[0]
+def load_pruned(path: str | Path, trust_code: bool = False) -> nn.Module:
+    """Rebuild a pruned model from pruned.pt: the architecture, the pruning history, then the weights.
+
+    A model built from an import path (`package.module:factory`) is rebuilt by importing it again,
+    which runs its code: that needs `trust_code`, as it did when it was pruned."""
+    return load_pruned_with_info(path, trust_code)[0]
 
 
-def load_pruned_with_info(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_pruned_with_info(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """`load_pruned`, plus what pruned.pt says about the model: architecture, num_classes, input_size,
     mean, std, variant, criterion, ratio."""
     from .pruning import apply_history
@@ -68,7 +71,7 @@ def load_pruned_with_info(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     )
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         raise ModelError(f"{path} is not a compress pruned model (format {PRUNED_FORMAT!r} expected)")
-    spec = get_spec(payload["architecture"])
+    spec = get_spec(payload["architecture"], trust_code=trust_code)
     model = spec.build(payload["num_classes"]).eval()
     example = torch.zeros(2, *payload["input_size"])
     apply_history(model, payload["pruning_history"], example)

@@ -1,15 +1,19 @@
 """Model sources: a registry of names, one way to build a model, weights loaded explicitly.
 
-`get_spec(name)` resolves a name to a `ModelSpec` (the project's own architectures, then every
-torchvision classification architecture); `load_model(spec, weights, num_classes)` builds it and loads
-a checkpoint with `weights_only=True` unless the caller trusts the file.
+`get_spec(name)` resolves a name to a `ModelSpec`: the project's own architectures, every torchvision
+classification architecture, `timm:<name>` for timm's (the optional `timm` extra), and
+`package.module:factory` for a user's own class or function returning an nn.Module (importing it runs
+its code, so it needs `trust_code`). `load_model(spec, weights, num_classes)` builds it and loads a
+checkpoint with `weights_only=True` unless the caller trusts the file.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +27,7 @@ from .artifacts import sha256
 from .cifar_resnet import DEPTHS as CIFAR_RESNET_DEPTHS
 from .cifar_resnet import CifarResNet
 from .errors import DataError, ModelError
+from .progress import quiet_library_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -161,14 +166,104 @@ def _torchvision_spec(name: str) -> ModelSpec:
     )
 
 
+TIMM_PREFIX = "timm:"
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm models need the timm package: pip install 'compress[timm]'") from None
+    return timm
+
+
+def _timm_spec(name: str) -> ModelSpec:
+    timm = _timm()
+    arch = name[len(TIMM_PREFIX) :]
+    if not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
+        hint = f"; did you mean 'timm:{close[0]}'?" if close else ""
+        raise ModelError(f"timm has no model {arch!r}{hint} (timm.list_models() lists them)")
+    found = timm.models.get_pretrained_cfg(arch)  # input size and normalisation of its default weights
+    config = found.to_dict() if found is not None else {}
+    return ModelSpec(
+        name=name,
+        build=lambda num_classes: timm.create_model(arch, pretrained=False, num_classes=num_classes),
+        input_size=tuple(config.get("input_size", (3, 224, 224))),
+        mean=tuple(config.get("mean", IMAGENET_MEAN)),
+        std=tuple(config.get("std", IMAGENET_STD)),
+        description=f"timm {arch}",
+        source="timm",
+    )
+
+
+def is_import_path(name: str) -> bool:
+    """`package.module:factory`: a user's own architecture (not `timm:<name>`)."""
+    module, colon, factory = name.partition(":")
+    return bool(colon) and not name.startswith(TIMM_PREFIX) and module != "" and factory.isidentifier()
+
+
+def _imported_spec(name: str, trust_code: bool) -> ModelSpec:
+    """A user's class or function returning an nn.Module, imported only when they trust it."""
+    module_name, _, attribute = name.partition(":")
+    if not trust_code:
+        raise ModelError(f"--model {name} imports {module_name} and runs its code; pass --trust-code if you trust it")
+    import importlib
+    import inspect
+
+    if os.getcwd() not in sys.path:  # `compress` is a console script: let it import from where it runs
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot import {name} ({type(exc).__name__}: {_first_line(exc)})") from exc
+    except Exception as exc:  # the module's own code failed
+        raise ModelError(f"importing {module_name} failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+    if not callable(factory):
+        raise ModelError(f"{name} is not a class or function returning an nn.Module")
+    try:
+        takes_classes = "num_classes" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes_classes = False
+
+    def build(num_classes: int) -> nn.Module:
+        try:
+            model = factory(num_classes=num_classes) if takes_classes else factory()
+        except Exception as exc:
+            raise ModelError(f"{name}() failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{name}() returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    first_conv = next((m for m in build(10).modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
+    return ModelSpec(
+        name=name,
+        build=build,
+        input_size=(channels, 224, 224),  # a guess: --image-size, --mean and --std say what it was trained on
+        mean=IMAGENET_MEAN if channels == 3 else (0.5,) * channels,
+        std=IMAGENET_STD if channels == 3 else (0.5,) * channels,
+        description=f"{attribute} from {module_name}",
+        source="import",
+    )
+
+
 def available_models() -> list[str]:
-    """Every name `get_spec` accepts: the project's own first, then torchvision's."""
+    """Every name `get_spec` lists: the project's own first, then torchvision's (timm's take the
+    `timm:` prefix; a user's own architecture is an import path)."""
     return sorted(_REGISTRY) + [n for n in _torchvision_names() if n not in _REGISTRY]
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str, trust_code: bool = False) -> ModelSpec:
+    """The architecture called `name`; an import path (`package.module:factory`) needs `trust_code`."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name)
+    if is_import_path(name):
+        return _imported_spec(name, trust_code)
     names = _torchvision_names()
     if name in names:
         return _torchvision_spec(name)
@@ -176,7 +271,10 @@ def get_spec(name: str) -> ModelSpec:
 
     close = difflib.get_close_matches(name, list(_REGISTRY) + names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ModelError(f"unknown model {name!r}{hint} (`compress models` lists the names)")
+    raise ModelError(
+        f"unknown model {name!r}{hint} (`compress models` lists the names; timm:<name> for timm, "
+        "package.module:factory for your own)"
+    )
 
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -305,7 +403,9 @@ def load_model(
     """Build `spec` for `num_classes` outputs and load its weights.
 
     `weights` is a checkpoint path or, for torchvision architectures, the name of a torchvision
-    weights enum member (e.g. "DEFAULT", "IMAGENET1K_V1": downloaded by torchvision, needs internet).
+    weights enum member (e.g. "DEFAULT", "IMAGENET1K_V1": downloaded by torchvision, needs internet);
+    for timm architectures "DEFAULT" or one of timm's pretrained tags (e.g. "a1_in1k", downloaded by
+    timm, needs internet).
     Without `weights` the spec's shipped checkpoint is used; a model with neither is an error unless
     `allow_random_init` (for tests and latency-only studies).
     """
@@ -325,6 +425,8 @@ def load_model(
     path = Path(weights)
     if not path.exists() and spec.source == "torchvision" and _is_weights_enum_name(str(weights)):
         return _load_torchvision_weights(spec, str(weights), num_classes)
+    if not path.exists() and spec.source == "timm" and _is_timm_tag(spec, str(weights)):
+        return _load_timm_weights(spec, str(weights), num_classes)
     state = read_state_dict(path, trust_checkpoint=trust_checkpoint)
     _check_class_count(model, state, num_classes, str(path))
     load_state_dict_checked(model, state, str(path))
@@ -353,6 +455,34 @@ def _check_class_count(model: nn.Module, state: Mapping[str, torch.Tensor], num_
 
 def _is_weights_enum_name(value: str) -> bool:
     return value.isupper() or value == "DEFAULT"
+
+
+def _is_timm_tag(spec: ModelSpec, value: str) -> bool:
+    """ "DEFAULT" (or "pretrained") or one of timm's pretrained tags of the architecture (a1_in1k, ...)."""
+    if value in ("DEFAULT", "pretrained"):
+        return True
+    arch = spec.name[len(TIMM_PREFIX) :].split(".")[0]
+    return f"{arch}.{value}" in _timm().list_pretrained(f"{arch}.*")
+
+
+def _load_timm_weights(spec: ModelSpec, tag: str, num_classes: int) -> LoadedModel:
+    """timm's pretrained weights, downloaded by timm from its hub (needs internet)."""
+    timm = _timm()
+    arch = spec.name[len(TIMM_PREFIX) :]
+    name = arch if tag in ("DEFAULT", "pretrained") else f"{arch.split('.')[0]}.{tag}"
+    config = timm.models.get_pretrained_cfg(name)
+    classes = getattr(config, "num_classes", None)
+    if classes and classes != num_classes:  # timm would silently put an untrained classifier on top
+        raise ModelError(f"timm weights {name} have {classes} classes but the data has {num_classes}")
+    try:
+        with quiet_library_output():  # the hub client logs every retry
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+    except Exception as exc:  # no internet, a blocked hub, or no such weights
+        raise ModelError(
+            f"could not load timm weights {name} ({type(exc).__name__}: {_first_line(exc)}); "
+            "download them where there is internet and pass the state dict with --weights"
+        ) from exc
+    return LoadedModel(model.eval(), spec, num_classes, f"timm:{name}")
 
 
 def _load_torchvision_weights(spec: ModelSpec, weights_name: str, num_classes: int) -> LoadedModel:
