@@ -641,9 +641,8 @@ def _write_outputs(
         "report": "report.json",
         "summary": "report.md",
         "importances": "importances.npz" if scorers else None,
-        "plots": ["plots/accuracy.png", "plots/latency.png"],
+        "plots": write_plots(report, out.path),
         "manifest": "manifest.json",
     }
-    write_plots(report, out.path("plots/accuracy.png"), out.path("plots/latency.png"))
     out.write_json("report.json", report)
     out.write_text("report.md", write_report_md(report))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +189,13 @@ COLOURS = {
 }
 
 
-def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path) -> None:
-    """Accuracy vs ratio per criterion, and latency vs ratio per criterion and batch size."""
+def write_plots(report: dict[str, Any], out_path: Callable[[str], Path]) -> list[str]:
+    """The report's pictures, written where `out_path(relative name)` says; returns the names.
+
+    accuracy.png: accuracy vs pruning ratio per criterion; latency.png: latency vs ratio per criterion
+    and batch size; tradeoff.png: every variant's top-1 against its measured speed-up and against its
+    MACs reduction, the Pareto front drawn and the shipped variant marked.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,13 +203,56 @@ def write_plots(report: dict[str, Any], accuracy_path: Path, latency_path: Path)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _plot_accuracy(ax, report)
-    _save(fig, accuracy_path)
+    _save(fig, out_path("plots/accuracy.png"))
 
     batches = report["benchmark"]["latency_batches"]
     fig, axes = plt.subplots(1, len(batches), figsize=(5.0 * len(batches), 3.8), squeeze=False)
     for ax, batch in zip(axes[0], batches, strict=True):
         _plot_latency(ax, report, batch)
-    _save(fig, latency_path)
+    _save(fig, out_path("plots/latency.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    provider, batch = report["benchmark"]["providers"][0], max(batches)
+    _plot_tradeoff(axes[0], report, lambda v: v["speedup"][provider][f"batch_{batch}"]["speedup"])
+    _style(axes[0], f"measured speed-up ({provider}, batch {batch})", "top-1 accuracy (%)", "accuracy vs speed")
+    _plot_tradeoff(axes[1], report, lambda v: 1.0 / v["macs_ratio"])
+    _style(axes[1], "MACs reduction (original MACs / MACs)", "top-1 accuracy (%)", "accuracy vs MACs")
+    _save(fig, out_path("plots/tradeoff.png"))
+    return ["plots/accuracy.png", "plots/latency.png", "plots/tradeoff.png"]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (higher x and higher y are
+    better), in order of increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front[::-1]
+
+
+def _plot_tradeoff(ax, report: dict[str, Any], gain: Callable[[dict[str, Any]], float]) -> None:
+    """Every variant as a point (gain, top-1), coloured by criterion; INT8 twins hollow."""
+    variants = report["variants"]
+    points = [(gain(v), v["accuracy"]["top1"]) for v in variants]
+    for criterion in [None, *report["config"]["criteria"]]:
+        for precision, face in (("fp32", None), ("int8", "none")):
+            chosen = [
+                p
+                for v, p in zip(variants, points, strict=True)
+                if (v["criterion"], v["precision"]) == (criterion, precision)
+            ]
+            if chosen:
+                colour = COLOURS.get(criterion, "black")
+                label = (criterion or "original") + (" int8" if precision == "int8" else "")
+                ax.scatter(*zip(*chosen, strict=True), color=colour, facecolors=face or colour, s=22, label=label)
+    front = [points[i] for i in pareto_front(points)]
+    ax.step(*zip(*front, strict=True), where="post", color="black", linewidth=0.8, alpha=0.6, label="Pareto front")
+    shipped = next(p for v, p in zip(variants, points, strict=True) if v["name"] == report["chosen"]["variant"])
+    ax.scatter(*shipped, marker="*", s=220, facecolors="none", edgecolors="gold", linewidths=1.5, label="shipped")
+    ax.annotate(report["chosen"]["variant"], shipped, textcoords="offset points", xytext=(6, 6), fontsize=7)
 
 
 def _plot_accuracy(ax, report: dict[str, Any]) -> None:

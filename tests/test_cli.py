@@ -33,6 +33,7 @@ def test_default_run_writes_every_artifact(default_run):
         "manifest.json",
         "plots/accuracy.png",
         "plots/latency.png",
+        "plots/tradeoff.png",
         "onnx/original.onnx",
         "onnx/causal-0.50.onnx",
     ):

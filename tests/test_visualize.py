@@ -49,8 +49,11 @@ def test_heatmap_renders_grey_and_colour_inputs(channels, shown_shape):
     model = _tiny_model(channels).eval()
     fig = heatmap_on_input(model, _image(channels), "3", np.arange(8.0), mean=[0.5], std=[0.25])
     assert isinstance(fig, Figure)
-    assert [ax.get_title() for ax in fig.axes] == ["Input", "Filter importance heatmap (3)", "Overlay"]
-    assert all(not ax.axison for ax in fig.axes)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["Input", "Filter importance heatmap (3)", "Overlay"]
+    assert all(not ax.axison for ax in fig.axes[:3])
+    colour_bar = fig.axes[3]  # the heatmap's scale
+    assert colour_bar.get_ylabel() == "importance-weighted activation (scaled)"
+    assert colour_bar.get_ylim() == (0.0, 1.0)
     shown = _image_data(fig, 0)
     assert shown.shape == shown_shape
     if channels == 1:
@@ -269,3 +272,12 @@ def test_tsne_one_dimensional_filters_fall_back_to_padded_pca():
 def test_tsne_rejects_wrong_importance_length():
     with pytest.raises(ValueError, match=r"'conv2'.*8 filters.*7 importances"):
         filter_tsne(torch.zeros(8, 4, 3, 3), np.ones(7), layer="conv2")
+
+
+def test_pareto_front_keeps_only_undominated_variants_in_order_of_speed():
+    from compress.report import pareto_front
+
+    # (speed-up, top-1): the original, two pruned variants that dominate others, a tie and a loser
+    points = [(1.0, 95.0), (1.5, 94.0), (1.4, 90.0), (2.0, 80.0), (2.0, 70.0), (1.5, 94.0), (0.9, 96.0)]
+    assert pareto_front(points) == [6, 0, 1, 3]  # of two equal points (1 and 5) only the first is kept
+    assert pareto_front([]) == []
