@@ -315,6 +315,12 @@ _model_and_data_options = _options(
     help="Criterion whose variant becomes model.onnx.",
 )
 @click.option(
+    "--ship-int8",
+    is_flag=True,
+    help="Ship the chosen variant's INT8 twin as model.onnx when its top-1 is within --accuracy-tolerance "
+    "of the original (implies --int8; pruned.pt stays fp32).",
+)
+@click.option(
     "--accuracy-tolerance",
     default=1.0,
     show_default=True,
@@ -376,6 +382,13 @@ def run(as_json: bool, quiet: bool, config_file: str | None, providers: tuple[st
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file of `compress run` settings: explain takes its model, data and scoring keys; flags given "
+    "here override it.",
+)
 @_model_and_data_options
 @click.option(
     "--criterion",
@@ -397,7 +410,14 @@ def run(as_json: bool, quiet: bool, config_file: str | None, providers: tuple[st
 @click.option("--image-index", default=0, show_default=True, type=int, help="Evaluation image under the heatmap.")
 @_output_options("compress-explain")
 def explain(
-    as_json: bool, quiet: bool, criterion: str, tsne_layer: int | None, n_filters: int, image_index: int, **options
+    as_json: bool,
+    quiet: bool,
+    config_file: str | None,
+    criterion: str,
+    tsne_layer: int | None,
+    n_filters: int,
+    image_index: int,
+    **options,
 ) -> None:
     """Score every filter and draw the four pictures: heatmap on an input, first-layer filters,
     importance distribution per layer, t-SNE of a layer's filters.
@@ -407,8 +427,10 @@ def explain(
     from .explain import explain as run_explain
 
     _configure_output(quiet or as_json)
+    # Only the file's keys that are explain's own: its output directory is not the run's.
+    config = _resolve_run_config(click.get_current_context(), config_file, (), options, only=set(options))
     summary = run_explain(
-        RunConfig(**options), criterion=criterion, tsne_layer=tsne_layer, n_filters=n_filters, image_index=image_index
+        config, criterion=criterion, tsne_layer=tsne_layer, n_filters=n_filters, image_index=image_index
     )
     if as_json:
         click.echo(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
@@ -590,12 +612,19 @@ def run_config_from_args(args: list[str]) -> RunConfig:
 
 
 def _resolve_run_config(
-    ctx: click.Context, config_file: str | None, providers: tuple[str, ...], options: dict
+    ctx: click.Context,
+    config_file: str | None,
+    providers: tuple[str, ...],
+    options: dict,
+    only: set[str] | None = None,
 ) -> RunConfig:
-    """Defaults, then the --config file, then the flags given on the command line."""
+    """Defaults, then the --config file (its keys in `only`, when given), then the flags given on the
+    command line."""
     from click.core import ParameterSource
 
     settings = read_config_file(config_file) if config_file else {}
+    if only is not None:
+        settings = {key: value for key, value in settings.items() if key in only}
     values = {**options, "providers": providers or None}  # no --provider: every available one
     given = {
         name: value

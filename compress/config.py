@@ -84,6 +84,7 @@ class RunConfig:
     warmup: int = 10
     int8: bool = False  # also an INT8 (QDQ) twin of the original and of every ship-criterion variant
     int8_images: int = 512  # calibration images that set the INT8 activation ranges
+    ship_int8: bool = False  # ship the chosen variant's INT8 twin when within accuracy_tolerance (implies int8)
     # choosing what to ship, and the quality gates it must pass (None: no gate)
     ship_criterion: str = "causal"
     accuracy_tolerance: float = 1.0
@@ -152,6 +153,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.exporter not in EXPORTERS:
             raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+        if self.ship_int8:
+            self.int8 = True
         if self.ship_criterion not in self.criteria:
             self.ship_criterion = self.criteria[0]
         for name in ("mean", "std"):

@@ -604,6 +604,8 @@ def choose_variant(
             f"no {config.ship_criterion} variant is within {config.accuracy_tolerance:g} points of the "
             f"original ({original:.2f}%); shipping the least pruned one ({pick['accuracy']['top1']:.2f}%)"
         )
+    if config.ship_int8:
+        pick, reason = _prefer_int8_twin(variants, pick, reason, original, config.accuracy_tolerance)
     return {
         "variant": pick["name"],
         "file": "model.onnx",
@@ -613,6 +615,19 @@ def choose_variant(
     }
 
 
+def _prefer_int8_twin(
+    variants: list[dict[str, Any]], pick: dict[str, Any], reason: str, original: float, tolerance: float
+) -> tuple[dict[str, Any], str]:
+    """--ship-int8: the INT8 twin of `pick` instead, when its top-1 is within `tolerance` of the original."""
+    twin = next((v for v in variants if v.get("parent") == pick["name"]), None)
+    if twin is None:
+        return pick, reason
+    top1 = twin["accuracy"]["top1"]
+    if top1 >= original - tolerance:
+        return twin, f"{reason}; its INT8 twin ({top1:.2f}%) is within {tolerance:g} points of the original and ships"
+    return pick, f"{reason}; its INT8 twin ({top1:.2f}%) is not within {tolerance:g} points of the original"
+
+
 def _write_outputs(
     out: OutputDir, report: dict[str, Any], variants: _Variants, scorers: dict[str, Scorer], inputs: _Inputs
 ) -> None:
@@ -620,7 +635,9 @@ def _write_outputs(
     record = next(v for v in report["variants"] if v["name"] == chosen)
     with disk_errors(out.path("model.onnx")):
         shutil.copyfile(out.path(record["onnx"]), out.path("model.onnx"))
-    model, history = variants.shippable[chosen]
+    if record["precision"] == "int8":  # --ship-int8: pruned.pt holds the fp32 parent PyTorch can run
+        record = next(v for v in report["variants"] if v["name"] == record["parent"])
+    model, history = variants.shippable[record["name"]]
     splits = inputs.splits
     save_pruned(
         out.path("pruned.pt"),

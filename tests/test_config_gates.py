@@ -144,3 +144,48 @@ def test_targets_are_validated():
         RunConfig(target_macs_ratio=1.5).validate()
     with pytest.raises(ConfigError, match="target_speedup must be a finite number > 1"):
         RunConfig(target_speedup=0.5).validate()
+
+
+def test_ship_int8_ships_the_twin_within_tolerance_and_keeps_fp32_weights(tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    args = ["run", "--ratios", "0.2", "--criteria", "causal", "--ship-int8", "--int8-images", "64", "--quiet"]
+    assert main([*args, "--out", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["int8"]  # implied
+    twin = next(v for v in report["variants"] if v["name"] == "causal-0.20-int8")
+    original = report["variants"][0]["accuracy"]["top1"]
+    assert twin["accuracy"]["top1"] >= original - 1.0  # within the default tolerance on this model
+    assert report["chosen"]["variant"] == "causal-0.20-int8" and "INT8 twin" in report["chosen"]["reason"]
+    assert (out / "model.onnx").read_bytes() == (out / "onnx" / "causal-0.20-int8.onnx").read_bytes()
+    assert torch.load(out / "pruned.pt", weights_only=True)["variant"] == "causal-0.20"  # PyTorch runs fp32
+
+
+def test_choose_variant_keeps_fp32_when_the_int8_twin_falls_outside_the_tolerance():
+    from compress.pipeline import choose_variant
+
+    def variant(name, top1, ratio, precision="fp32", parent=None):
+        return {"name": name, "criterion": "causal", "ratio": ratio, "precision": precision, "parent": parent,
+                "accuracy": {"top1": top1}}  # fmt: skip
+
+    records = [variant("original", 90.0, 0.0), variant("causal-0.30", 89.5, 0.3)]
+    records[0]["criterion"] = None
+    twin = variant("causal-0.30-int8", 88.9, 0.3, "int8", "causal-0.30")
+    config = RunConfig(ratios=(0.3,), criteria=("causal",), ship_int8=True).validate()
+    chosen = choose_variant([*records, twin], config)
+    assert chosen["variant"] == "causal-0.30" and "is not within 1 points" in chosen["reason"]
+    twin["accuracy"]["top1"] = 89.0
+    assert choose_variant([*records, twin], config)["variant"] == "causal-0.30-int8"
+
+
+def test_explain_reads_the_model_and_scoring_keys_of_a_run_config(tmp_path, capsys):
+    path = tmp_path / "compress.toml"
+    path.write_text('calibration-size = 300\nridge = 0.5\nratios = [0.3]\nout = "run-output"\n')
+    out = tmp_path / "explained"
+    assert main(["explain", "--config", str(path), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["calibration_images"] == 300  # from the file
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["ridge"] == 0.5 and manifest["config"]["out"] == str(out)  # not the run's out
+    assert not (tmp_path / "run-output").exists()
