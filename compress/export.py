@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from onnxscript import ir
 
 from .benchmark import run_batched
 from .errors import ExportError
@@ -50,13 +51,16 @@ def export_onnx(
     output_name: str = OUTPUT_NAME,
     dynamic_batch: bool = True,
     metadata: Mapping[str, str] | None = None,
+    cache: ExportCache | None = None,
 ) -> ExportResult:
     """Write `model` (eval mode) to `path` as one self-contained ONNX file.
 
     `exporter="dynamo"` is the torch.export-based exporter PyTorch recommends; if it fails, the
     TorchScript-based one is tried and the reason recorded. The batch axis is symbolic unless
     `dynamic_batch=False` (then it is fixed to the example's batch). `metadata` is stored as the
-    file's metadata_props. `onnx.checker` (full check, with shape inference) must pass.
+    file's metadata_props. `onnx.checker` (full check, with shape inference) must pass. With a
+    `cache`, a model whose architecture and weight shapes were exported before reuses that translation
+    (see ExportCache).
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -77,7 +81,7 @@ def export_onnx(
     failures: list[str] = []
     for name in order:
         try:
-            _EXPORT[name](model, example, path, opset, names)
+            _EXPORT[name](model, example, path, opset, names, cache)
             proto = onnx.load(str(path))
             produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
             if produced != opset:  # the dynamo exporter cannot write opsets below its own
@@ -118,25 +122,89 @@ class _Names:
     dynamic_batch: bool
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: _Names) -> None:
+class ExportCache:
+    """The dynamo exporter's translations, kept for models that differ only in their weights.
+
+    The variants a run prunes at one ratio have the same shapes whatever the criterion or random seed,
+    and tracing and translating a model is most of an export's time. A model whose architecture and
+    weight shapes were translated before gets a copy of that translation with its own parameters and
+    buffers, then the same optimisation as a fresh export: the file has the same operators and weights
+    as a fresh export (only generated node names differ; tested, with equal onnxruntime outputs), and
+    every file is still checked against PyTorch.
+    """
+
+    def __init__(self) -> None:
+        self._translations: dict[tuple, bytes] = {}
+        self.reused = 0
+
+    def translate(self, model: nn.Module, example: torch.Tensor, opset: int, names: _Names):
+        """The unoptimised ONNX program of `model`: from the cache when its key was seen."""
+        key = _translation_key(model, example, opset, names)
+        saved = self._translations.get(key)
+        if saved is not None:
+            program = _with_weights(saved, model)
+            if program is not None:
+                self.reused += 1
+                return program
+        program = _translate(model, example, opset, names)
+        self._translations[key] = ir.serde.serialize_model(program.model).SerializeToString()
+        return program
+
+
+def _translation_key(model: nn.Module, example: torch.Tensor, opset: int, names: _Names) -> tuple:
+    tensors = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in _named_tensors(model).items())
+    return type(model).__qualname__, tensors, tuple(example.shape[1:]), opset, names
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by the name the exporter gives its initializer (not the state dict:
+    fixed selections are left out of that)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _with_weights(translation: bytes, model: nn.Module):
+    """A saved translation carrying `model`'s tensors; None if one of its float initializers is not a
+    tensor of the model (then it is translated afresh)."""
+    proto = onnx.ModelProto.FromString(translation)
+    program = torch.onnx.ONNXProgram(ir.serde.deserialize_model(proto), None)
+    tensors = _named_tensors(model)
+    initializers = program.model.graph.initializers
+    if any(v.dtype == ir.DataType.FLOAT and name not in tensors for name, v in initializers.items()):
+        return None
+    for name, value in initializers.items():
+        if name in tensors:
+            value.const_value = ir.tensor(tensors[name].detach().cpu().contiguous().numpy(), name=name)
+    return program
+
+
+def _translate(model: nn.Module, example: torch.Tensor, opset: int, names: _Names):
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if names.dynamic_batch else None
     with quiet_library_output():
-        torch.onnx.export(
+        return torch.onnx.export(
             model,
             (example,),
-            str(path),
             dynamo=True,
-            external_data=False,
             dynamic_shapes=dynamic,
             input_names=[names.input],
             output_names=[names.output],
             opset_version=opset,
-            optimize=True,
+            optimize=False,  # optimised by the caller, after a cached translation got its weights
             verbose=False,
         )
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: _Names) -> None:
+def _export_dynamo(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: _Names, cache: ExportCache | None
+) -> None:
+    program = cache.translate(model, example, opset, names) if cache else _translate(model, example, opset, names)
+    with quiet_library_output():
+        program.optimize()
+        program.save(str(path), external_data=False)
+
+
+def _export_torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int, names: _Names, cache: ExportCache | None
+) -> None:
     with quiet_library_output():
         torch.onnx.export(
             model,

@@ -33,7 +33,7 @@ from .data import DataSplits, load_splits, make_loader
 from .distributed import SINGLE, Distributed, distributed_from_env
 from .errors import CompressWarning, collect_warnings
 from .evaluation import evaluate_sharded, percentages
-from .export import PARITY_IMAGES, check_parity, export_onnx
+from .export import PARITY_IMAGES, ExportCache, check_parity, export_onnx
 from .gates import check_gates
 from .onnx_info import preprocessing_metadata
 from .progress import progress, set_quiet
@@ -96,6 +96,7 @@ class _Variants:
     records: list[dict[str, Any]] = field(default_factory=list)
     sessions: dict[str, Any] = field(default_factory=dict)  # name -> onnxruntime session
     shippable: dict[str, tuple[nn.Module, list]] = field(default_factory=dict)  # name -> (model, history)
+    exports: ExportCache = field(default_factory=ExportCache)  # variants of one shape share a translation
 
 
 def plan_variants(config: RunConfig, target: TargetSearch | None = None) -> list[PlannedVariant]:
@@ -348,7 +349,13 @@ def _finish_variant(
     )
     with disk_errors(path):
         exported = export_onnx(
-            model, inputs.example, path, opset=config.opset, exporter=config.exporter, metadata=metadata
+            model,
+            inputs.example,
+            path,
+            opset=config.opset,
+            exporter=config.exporter,
+            metadata=metadata,
+            cache=variants.exports,
         )
     if exported.fallback_reason:
         reason = f"exported with the {exported.exporter} exporter ({exported.fallback_reason})"

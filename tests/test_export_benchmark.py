@@ -17,6 +17,7 @@ from compress.benchmark import (
     speedups,
 )
 from compress.cifar_resnet import CifarResNet
+from compress.criteria import importance_factory
 from compress.errors import ConfigError, ExportError
 from compress.evaluation import evaluate
 from compress.export import check_parity, export_onnx
@@ -179,3 +180,33 @@ def test_unknown_or_absent_provider_is_a_clear_error(tmp_path):
         if provider not in available_providers():
             with pytest.raises(ConfigError, match=f"provider '{provider}' is not available.*install the gpu extra"):
                 make_session(path, provider)
+
+
+def test_a_model_with_the_same_shapes_reuses_the_translation_and_exports_the_same_file(tmp_path):
+    from onnx import numpy_helper
+
+    from compress.export import ExportCache
+    from compress.pruning import prune
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(CifarResNet(depth=8)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    first, second = (prune(model, importance_factory("random", seed=s), 0.5, x).model for s in (1, 2))
+    cache = ExportCache()
+    export_onnx(first, x, tmp_path / "first.onnx", cache=cache)
+    reused = export_onnx(second, x, tmp_path / "second.onnx", cache=cache).path
+    assert cache.reused == 1
+    fresh = export_onnx(second, x, tmp_path / "fresh.onnx").path
+    protos = [onnx.load(str(p)) for p in (reused, fresh)]
+    assert [n.op_type for n in protos[0].graph.node] == [n.op_type for n in protos[1].graph.node]
+    weights = [[(t.name, numpy_helper.to_array(t)) for t in p.graph.initializer] for p in protos]
+    assert len(weights[0]) == len(weights[1])
+    for (name, array), (fresh_name, fresh_array) in zip(*weights, strict=True):
+        assert np.array_equal(array, fresh_array)
+        assert name == fresh_name or name.startswith("val_")  # the exporter numbers its own constants
+    images = torch.randn(8, 3, 32, 32).numpy()
+    outputs = [make_session(p).run(None, {"input": images})[0] for p in (reused, fresh)]
+    assert np.array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], make_session(tmp_path / "first.onnx").run(None, {"input": images})[0])
+    export_onnx(prune(model, importance_factory("random", seed=1), 0.25, x).model, x, tmp_path / "o.onnx", cache=cache)
+    assert cache.reused == 1  # other shapes: translated afresh
