@@ -43,7 +43,8 @@ class Distributed:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """A process group exists (torchrun), even of one process: its collectives run."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -114,12 +115,14 @@ def backend_for_this_machine() -> str:
 def distributed_from_env() -> Iterator[Distributed]:
     """Join the process group torchrun describes in the environment, and leave it afterwards.
 
-    Outside torchrun (no WORLD_SIZE, or 1) this yields the single-process context and does nothing.
+    Outside torchrun (no RANK in the environment) this yields the single-process context and does
+    nothing. Under torchrun a group of one process is joined too, so `--nproc-per-node 1` runs the
+    same collectives (NCCL on a machine with one GPU) as a larger group.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or dist.is_initialized():
+    if "RANK" not in os.environ or dist.is_initialized():
         yield _current() if dist.is_initialized() else SINGLE
         return
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     backend = backend_for_this_machine()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

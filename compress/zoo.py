@@ -36,9 +36,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_MEAN = (0.3056,)
 DIGITS_STD = (0.3761,)
 
-# The checkpoints the project trained itself travel with the package (models/ in the source tree,
-# installed as compress.checkpoints), so a wheel or git install runs the default offline.
-CHECKPOINTS_DIR = Path(str(importlib.resources.files("compress.checkpoints")))
+
+def _checkpoints_dir() -> Path:
+    """The checkpoints the project trained itself travel with the package (models/ in the source tree,
+    installed as compress.checkpoints), so a wheel or git install runs the default offline."""
+    try:
+        return Path(str(importlib.resources.files("compress.checkpoints")))
+    except ModuleNotFoundError:  # a source tree on sys.path, not installed: models/ beside the package
+        return Path(__file__).resolve().parent.parent / "models"
+
+
+CHECKPOINTS_DIR = _checkpoints_dir()
 
 
 @dataclass(frozen=True)

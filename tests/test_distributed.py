@@ -22,7 +22,7 @@ FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-s
 
 def test_shards_partition_the_data_without_padding():
     data = list(range(11))
-    shards = [list(Distributed(rank=r, world_size=3).shard(data)) for r in range(3)]
+    shards = [list(Distributed(rank=r, world_size=3, backend="gloo").shard(data)) for r in range(3)]
     assert sorted(x for shard in shards for x in shard) == data
     assert [len(s) for s in shards] == [4, 4, 3]
     assert Distributed().shard(data) is data  # one process: the whole set
