@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .evaluation import count_hits, percentages
-from .progress import progress_bar
+from .progress import progress_bar, quiet_library_output
 
 try:
     import onnxruntime as ort
@@ -106,8 +106,13 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     options.log_severity_level = 3
     wanted = PROVIDERS[provider][0]
     chain = [(name, dict(PROVIDER_OPTIONS.get(name, {}))) for name in wanted]
+    if provider != "cpu":
+        # A GPU provider that cannot load its libraries makes onnxruntime log the failure and print its
+        # fallback on stdout (into --json output); the check below says it in one line instead.
+        runtime.set_default_logger_severity(4)
     try:
-        session = runtime.InferenceSession(str(path), sess_options=options, providers=chain)
+        with quiet_library_output():
+            session = runtime.InferenceSession(str(path), sess_options=options, providers=chain)
     except Exception as exc:  # a corrupt file, an operator the runtime lacks
         raise ConfigError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     if session.get_providers()[0] != wanted[0]:

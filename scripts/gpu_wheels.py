@@ -14,7 +14,6 @@ Unpack it into a directory on PYTHONPATH (the command is in gpu_check.py's docst
 from __future__ import annotations
 
 import argparse
-import shutil
 import struct
 import subprocess
 import sys
@@ -95,8 +94,6 @@ def main() -> None:
         capi = tree / "onnxruntime" / "capi"
         for library in capi.glob("libonnxruntime.so*"):  # the C API; the Python module does not load it
             library.unlink()
-        for subpackage in ("transformers", "tools"):  # model-conversion helpers compress does not use
-            shutil.rmtree(tree / "onnxruntime" / subpackage, ignore_errors=True)
         zeroed, kept = keep_one_arch(capi / "libonnxruntime_providers_cuda.so", args.arch)
         target = args.dest / f"onnxruntime_gpu_sm{args.arch}.tar.xz"
         with tarfile.open(target, "w:xz", preset=9) as packed:
