@@ -260,10 +260,9 @@ def _build_variants(
     calibration = inputs.splits.loader("calibration", config.batch_size)
     variants = _Variants()
 
-    before = inputs.accuracy(inputs.model, config.batch_size, desc="original accuracy")
+    # The original is not pruned, so it has no accuracy before recovery: its ONNX accuracy is all.
     original = _finish_variant("original", inputs.model, config, inputs, out, variants)
     original.update(criterion=None, ratio=0.0, seed=None, kept_unpruned={}, channel_ratio=1.0)
-    original["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
 
     for planned in progress(plan_variants(config, target), desc="variants", unit="variant"):
         pruned = prune(

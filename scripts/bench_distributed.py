@@ -76,7 +76,7 @@ def main() -> None:
                 f"{scoring.get('seconds', 0):.1f}",
                 str(scoring.get("calibration_images", "—")),
                 v["name"],
-                f"{acc['top1_before_recovery']:.2f}",
+                f"{acc['top1_before_recovery']:.2f}" if "top1_before_recovery" in acc else "—",
                 f"{acc.get('top1_before_finetune', acc['top1']):.2f}",
                 f"{acc['top1']:.2f}",
             ]
