@@ -2,7 +2,7 @@
 
 The stages, each usable on its own:
 
-    from compress import load_data, get_spec, load_model, CausalScorer, prune, export_onnx
+    from compress import load_data, get_spec, load_model, TotalEffectScorer, prune, export_onnx
 """
 
 from importlib import metadata as _metadata
@@ -16,12 +16,12 @@ from .benchmark import LatencySettings, make_session, measure_latency, onnx_accu
 from .causal.intervention import InterventionScorer
 from .causal.reference import ReferenceCausalScorer
 from .causal.scorer import CausalScorer
+from .causal.total_effect import TotalEffectScorer
 from .cifar_resnet import CifarResNet
 from .config import RunConfig
 from .criteria import (
     CRITERIA,
-    CausalImportance,
-    LayerScoreImportance,
+    GroupScoreImportance,
     SeededRandomImportance,
     importance_factory,
     l1_importance,
@@ -42,18 +42,18 @@ from .zoo import available_models, get_spec, load_model
 __all__ = [
     "CRITERIA",
     "CausalCNNExplainer",
-    "CausalImportance",
     "CausalScorer",
     "CifarResNet",
     "CompressError",
     "DataSplits",
+    "GroupScoreImportance",
     "InterventionScorer",
     "LatencySettings",
-    "LayerScoreImportance",
     "PruneResult",
     "ReferenceCausalScorer",
     "RunConfig",
     "SeededRandomImportance",
+    "TotalEffectScorer",
     "TrainSettings",
     "__version__",
     "available_models",

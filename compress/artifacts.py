@@ -16,6 +16,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,34 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Staged and scratch paths of this process not yet committed or removed. A cancelled run (SIGTERM)
+# removes them from the signal handler and exits at once, rather than raising into whatever C++ code
+# the main thread is in (see compress.cli).
+_UNFINISHED: set[Path] = set()
+
+
+def remove_unfinished() -> None:
+    """Remove every staged or scratch path of this process that is not committed."""
+    for path in list(_UNFINISHED):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    _UNFINISHED.clear()
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[Path]:
+    """A temporary directory, removed on leaving the context and by a cancelled run."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _UNFINISHED.add(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        _UNFINISHED.discard(path)
+
+
 def check_output_dir(target: str | Path, force: bool) -> Path:
     """`target` as an absolute path, or an OutputError if it exists and may not be replaced."""
     target = Path(target).expanduser().absolute()
@@ -95,6 +124,7 @@ class OutputDir:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+            _UNFINISHED.add(self.staging)
             os.chmod(self.staging, 0o777 & ~current_umask())  # mkdtemp's private 0700 is not a user's directory
         except OSError as exc:
             raise OutputError(f"cannot create the output directory in {parent}: {exc.strerror or exc}") from exc
@@ -137,6 +167,7 @@ class OutputDir:
                 trash = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
                 os.replace(self.target, trash / "old")
             os.replace(self.staging, self.target)
+            _UNFINISHED.discard(self.staging)
         except OSError as exc:
             raise OutputError(f"cannot move the results into {self.target}: {exc.strerror or exc}") from exc
         finally:
@@ -147,6 +178,7 @@ class OutputDir:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        _UNFINISHED.discard(self.staging)
 
     def __enter__(self) -> OutputDir:
         return self
@@ -179,6 +211,7 @@ class OutputFiles:
         except OSError as exc:
             raise OutputError(f"cannot write in {target.parent}: {exc.strerror or exc}") from exc
         self.staged[target] = Path(name)
+        _UNFINISHED.add(Path(name))
         return Path(name)
 
     def commit(self) -> list[Path]:
@@ -187,6 +220,7 @@ class OutputFiles:
             try:
                 os.chmod(staging, 0o666 & ~umask)  # mkstemp's private 0600 is not what a user's file gets
                 os.replace(staging, target)
+                _UNFINISHED.discard(staging)
             except OSError as exc:
                 raise OutputError(f"cannot move the result into {target}: {exc.strerror or exc}") from exc
         self.committed = True
@@ -199,6 +233,7 @@ class OutputFiles:
         if not self.committed:
             for staging in self.staged.values():
                 staging.unlink(missing_ok=True)
+                _UNFINISHED.discard(staging)
 
 
 def current_umask() -> int:

@@ -17,6 +17,8 @@ import warnings
 import click
 
 from . import __version__
+from .allocation import ALLOCATIONS
+from .artifacts import remove_unfinished
 from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
 from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning, ConfigError, collect_warnings
@@ -77,14 +79,25 @@ def _options(*options):
 # Settings of the scorers: shared by `run` and `explain`.
 _scoring_options = _options(
     click.option(
-        "--ridge", default=1e-2, show_default=True, type=float, help="Ridge penalty of the structural equations."
+        "--effect-images",
+        default=512,
+        show_default=True,
+        type=int,
+        help="Calibration images the causal criterion measures total effects on.",
+    ),
+    click.option(
+        "--ridge",
+        default=1e-2,
+        show_default=True,
+        type=float,
+        help="Ridge penalty of causal-direct's structural equations.",
     ),
     click.option(
         "--pool-grid",
         default=1,
         show_default=True,
         type=int,
-        help="Pool activations over a GxG grid per image (1: global average).",
+        help="causal-direct: pool activations over a GxG grid per image (1: global average).",
     ),
     click.option(
         "--intervention-images",
@@ -295,6 +308,28 @@ _model_and_data_options = _options(
     show_default=True,
     type=int,
     help="Keep channel counts a multiple of this (1: no rounding); odd counts run slower.",
+)
+@click.option(
+    "--allocation",
+    type=click.Choice(ALLOCATIONS),
+    default="global",
+    show_default=True,
+    help="global: all groups' channels ranked together on scores divided by their group's mean, --ratios "
+    "the fraction of all channels removed; uniform: every group loses the same fraction.",
+)
+@click.option(
+    "--steps",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Reach each amount in this many steps, re-estimating batch norm and re-scoring in between.",
+)
+@click.option(
+    "--max-group-ratio",
+    default=0.9,
+    show_default=True,
+    type=float,
+    help="Global allocation removes at most this fraction of any one group's channels.",
 )
 @click.option(
     "--no-recalibrate",
@@ -743,13 +778,22 @@ def _text_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # a pipeline's cancel (SIGTERM) cleans up like Ctrl-C
+def _terminate(signum, frame) -> None:
+    """A pipeline's cancel (SIGTERM): remove what this run staged, say so, and exit 130 at once.
+
+    Raising KeyboardInterrupt from here, as Ctrl-C does, lands wherever the main thread happens to be,
+    including Python called from C++ (torch's exporter, pybind11 callbacks), where it can abort the
+    process (SIGABRT) before any clean-up; removing the staged paths here does not depend on that.
+    """
+    remove_unfinished()
+    sys.stderr.write("compress: interrupted; no results were written\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn failures into exit codes and one-line messages."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _main(argv)
     finally:

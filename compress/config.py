@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 import onnx
 
+from .allocation import ALLOCATIONS
 from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
@@ -57,7 +58,11 @@ class RunConfig:
     ridge: float = 1e-2
     pool_grid: int = 1
     intervention_images: int = 128
+    effect_images: int = 512  # images the causal (total-effect) criterion measures on
     round_to: int | None = 4  # kept channels a multiple of 4: odd counts ran 2.7x slower (BENCHMARKS.md)
+    allocation: str = "global"  # how the amount is spread over the groups (compress.allocation)
+    steps: int = 1  # reach the amount in this many steps, re-estimating batch norm and re-scoring between
+    max_group_ratio: float = 0.9  # global allocation takes at most this fraction of one group's channels
     recalibrate: bool = True
     # fine-tuning of every pruned variant, random baselines included (0 epochs: none), on training
     # images disjoint from calibration and evaluation; with distill, the original is the teacher
@@ -116,6 +121,12 @@ class RunConfig:
         _positive_int("calibration_size", self.calibration_size, minimum=2)
         _positive_int("batch_size", self.batch_size)
         _positive_int("pool_grid", self.pool_grid)
+        _positive_int("effect_images", self.effect_images)
+        _positive_int("steps", self.steps)
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if not 0 < self.max_group_ratio < 1:
+            raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
         _positive_int("intervention_images", self.intervention_images)
         _positive_int("latency_batch", self.latency_batch)
         _positive_int("latency_runs", self.latency_runs)

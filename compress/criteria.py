@@ -1,11 +1,17 @@
-"""Pruning criteria, each a torch-pruning `Importance`: a small callable from a group to scores.
+"""Pruning criteria: each scores every channel of every prunable group, and a torch-pruning
+`Importance` (a small callable from a group to scores) hands those scores to the pruner.
 
-Data-driven criteria are scored by a fitted scorer first (`make_scorer`):
-- `causal`: this project's structural equations over the traced filter graph (`CausalScorer`);
+Every criterion has a scorer (`make_scorer`), fitted on the unpruned model:
+- `causal` (the default): each filter's *total* causal effect on the model's output, do(channel :=
+  its mean) at every layer that reads it, to first order (`TotalEffectScorer`);
+- `causal-direct`: the seed's *direct* effect on the filter's children, by structural equations over
+  the traced filter graph (`CausalScorer`);
 - `causal-reference`: the seed's literal method, for comparison (`ReferenceCausalScorer`);
-- `intervention`: the measured output change under do(channel = 0) (`InterventionScorer`).
-`l1` is DepGraph's group L1 magnitude; `random` is seeded and independent of global random state, so a
-seed names one reproducible baseline.
+- `intervention`: the measured output change under do(channel = 0) (`InterventionScorer`);
+- the field's baselines (compress.baselines): `taylor`, `l1`, `l2`, `bn-scale`, `lamp` and the seeded
+  `random`.
+Scorers give `importances_`: group root -> per-channel scores, which both the allocation across
+groups (compress.allocation) and the choice of channels within a group use.
 """
 
 from __future__ import annotations
@@ -17,20 +23,39 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .causal.graph import CONSUMER_HANDLERS, is_producer
+from .baselines import MAGNITUDES, MagnitudeScorer, RandomScorer, TaylorScorer
+from .causal.graph import group_root
 from .causal.intervention import InterventionScorer
 from .causal.reference import ReferenceCausalScorer
 from .causal.scorer import CausalScorer
-from .layers import LearnedConv
+from .causal.total_effect import TotalEffectScorer
 from .pruning import ImportanceFactory
 
-CRITERIA = ("causal", "causal-reference", "intervention", "l1", "random")
-SCORED_CRITERIA = ("causal", "causal-reference", "intervention")
-# What `compress run` compares by default; the other two are opt-in studies (intervention is slow).
+CRITERIA = (
+    "causal",
+    "causal-direct",
+    "causal-reference",
+    "intervention",
+    "taylor",
+    "l1",
+    "l2",
+    "bn-scale",
+    "lamp",
+    "random",
+)
+# The data-driven criteria `compress explain` draws (the baselines explain nothing about causes).
+SCORED_CRITERIA = ("causal", "causal-direct", "causal-reference", "intervention")
+# What `compress run` compares by default; the others are opt-in (intervention is slow).
 DEFAULT_CRITERIA = ("causal", "l1", "random")
-Scorer = CausalScorer | ReferenceCausalScorer | InterventionScorer
-# The layers whose weights torch-pruning's magnitude criteria read: fixed selections are not filters.
-LEARNED_LAYERS = [LearnedConv, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm]
+Scorer = (
+    CausalScorer
+    | TotalEffectScorer
+    | ReferenceCausalScorer
+    | InterventionScorer
+    | MagnitudeScorer
+    | TaylorScorer
+    | RandomScorer
+)
 
 
 def make_scorer(
@@ -40,84 +65,58 @@ def make_scorer(
     pool_grid: int = 1,
     max_batches: int | None = None,
     intervention_images: int = 128,
+    taylor_batches: int = 4,
+    effect_images: int = 512,
+    seed: int = 0,
 ) -> Scorer:
-    """An unfitted scorer for a data-driven criterion (call `.fit(model, batches, example_inputs)`)."""
+    """An unfitted scorer for `criterion` (call `.fit(model, batches, example_inputs)`)."""
     if criterion == "causal":
+        return TotalEffectScorer(max_images=effect_images)
+    if criterion == "causal-direct":
         return CausalScorer(ridge=ridge, pool_grid=pool_grid, max_batches=max_batches)
     if criterion == "causal-reference":
         return ReferenceCausalScorer(max_batches=max_batches)
     if criterion == "intervention":
         return InterventionScorer(max_images=intervention_images)
-    raise ValueError(f"criterion {criterion!r} needs no scorer; scored criteria are {', '.join(SCORED_CRITERIA)}")
+    if criterion == "taylor":
+        return TaylorScorer(max_batches=taylor_batches)
+    if criterion in MAGNITUDES:
+        return MagnitudeScorer(criterion)
+    if criterion == "random":
+        return RandomScorer(seed)
+    raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
 
 
 def importance_factory(criterion: str, scorer: Scorer | None = None, seed: int = 0) -> ImportanceFactory:
-    """Build, for each model copy being pruned, the torch-pruning Importance of `criterion`."""
-    if criterion in SCORED_CRITERIA:
-        if scorer is None or not hasattr(scorer, "layer_importances_"):
+    """Build, for each model copy being pruned, the torch-pruning Importance of `criterion`: the
+    fitted `scorer`'s scores; without one, `l1` and `random` (seeded) are computed by torch-pruning."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    if scorer is not None:
+        if not hasattr(scorer, "importances_"):
             raise ValueError(f"criterion {criterion!r} needs a fitted scorer")
-        if isinstance(scorer, CausalScorer):
-            return lambda model: CausalImportance(scorer.consumer_importances_, model)
-        return lambda model: LayerScoreImportance(scorer.layer_importances_, model)
+        return lambda model: GroupScoreImportance(scorer.importances_, model)
     if criterion == "l1":
         return lambda model: l1_importance()
     if criterion == "random":
         return lambda model: SeededRandomImportance(seed)
-    raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    raise ValueError(f"criterion {criterion!r} needs a fitted scorer")
 
 
-class CausalImportance(tp.importance.Importance):
-    """Group importance = sum of a filter's causal effects on every consumer of its channels.
+class GroupScoreImportance(tp.importance.Importance):
+    """The scores a scorer gave each group (by group root, in torch-pruning's channel order)."""
 
-    `consumer_importances` maps a consumer layer's name to the importance of each of its input
-    features (`CausalScorer.consumer_importances_`); `model` is the model being pruned, whose module
-    names match the scored model's.
-    """
-
-    def __init__(self, consumer_importances: Mapping[str, np.ndarray], model: nn.Module):
-        self.scores = {name: torch.as_tensor(v, dtype=torch.float64) for name, v in consumer_importances.items()}
+    def __init__(self, scores: Mapping[str, np.ndarray], model: nn.Module):
+        self.scores = {root: torch.as_tensor(np.asarray(v), dtype=torch.float64) for root, v in scores.items()}
         self.names = {m: n for n, m in model.named_modules()}
+        self.order = {m: i for i, m in enumerate(self.names)}
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        total, found = torch.zeros(len(group[0].idxs), dtype=torch.float64), False
-        for item in group:
-            if item.dep.handler not in CONSUMER_HANDLERS:
-                continue
-            scores = self.scores.get(self.names.get(item.dep.target.module, ""))
-            if scores is None or any(r is None for r in item.root_idxs):
-                continue
-            total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[torch.as_tensor(item.idxs)])
-            found = True
-        # None tells torch-pruning to leave a group whose channels nothing scored unpruned.
-        return total.float() if found else None
-
-
-class LayerScoreImportance(tp.importance.Importance):
-    """Group importance = mean score of the filters the group removes, from per-layer filter scores.
-
-    `layer_scores` maps a conv or linear layer's name to a score per output filter; `model` is the
-    model being pruned, whose module names match the scored model's.
-    """
-
-    def __init__(self, layer_scores: Mapping[str, np.ndarray], model: nn.Module):
-        self.scores = {name: torch.as_tensor(v, dtype=torch.float64) for name, v in layer_scores.items()}
-        self.names = {m: n for n, m in model.named_modules()}
-
-    @torch.no_grad()
-    def __call__(self, group) -> torch.Tensor | None:
-        n = len(group[0].idxs)
-        total, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        for item in group:
-            scores = self.scores.get(self.names.get(item.dep.target.module, ""))
-            if scores is None or not is_producer(item) or any(r is None for r in item.root_idxs):
-                continue
-            roots = torch.as_tensor(item.root_idxs)
-            total.scatter_add_(0, roots, scores[torch.as_tensor(item.idxs)])
-            count.scatter_add_(0, roots, torch.ones(len(roots), dtype=torch.float64))
-        if not count.any():
-            return None  # nothing scored: torch-pruning leaves the group unpruned
-        return (total / count.clamp(min=1)).float()
+        scores = self.scores.get(group_root(group, self.names, self.order))
+        if scores is None or len(scores) != len(group[0].idxs):
+            return None  # nothing scored this group: torch-pruning leaves it unpruned
+        return scores.float()
 
 
 class SeededRandomImportance(tp.importance.Importance):
@@ -134,6 +133,4 @@ class SeededRandomImportance(tp.importance.Importance):
 
 def l1_importance() -> tp.importance.Importance:
     """Group L1 magnitude (DepGraph): mean over the group's layers of each channel's L1 weight norm."""
-    return tp.importance.GroupMagnitudeImportance(
-        p=1, group_reduction="mean", normalizer=None, target_types=LEARNED_LAYERS
-    )
+    return MagnitudeScorer("l1")._importance(None, None)

@@ -52,6 +52,7 @@ def explain(
             ridge=config.ridge,
             pool_grid=config.pool_grid,
             intervention_images=config.intervention_images,
+            effect_images=config.effect_images,
         )
         n_layers = len(explainer.conv_layers)
         tsne_layer = n_layers - 1 if tsne_layer is None else tsne_layer

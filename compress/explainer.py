@@ -39,10 +39,12 @@ class CausalCNNExplainer:
     ----------
     model: the trained CNN (left untouched; a private copy is moved to `device`).
     device: where the copy runs (default CPU).
-    criterion: "causal" (default), "causal-reference" (the seed's literal method) or "intervention".
+    criterion: "causal" (default, total effects), "causal-direct" (direct effects), "causal-reference"
+        (the seed's literal method) or "intervention".
     mean, std: the input normalisation, to un-normalise images in the heatmap; read from the loader's
         transforms when not given.
-    ridge, pool_grid: settings of the causal structural equations.
+    effect_images: calibration images the causal (total-effect) criterion measures on.
+    ridge, pool_grid: settings of causal-direct's structural equations.
     intervention_images: calibration images the intervention criterion measures on.
     round_to: keep pruned channel counts a multiple of this (None: exact percentages).
     """
@@ -58,6 +60,7 @@ class CausalCNNExplainer:
         ridge: float = 1e-2,
         pool_grid: int = 1,
         intervention_images: int = 128,
+        effect_images: int = 512,
         round_to: int | None = None,
     ):
         if criterion not in SCORED_CRITERIA:
@@ -67,7 +70,13 @@ class CausalCNNExplainer:
         self.criterion = criterion
         self.mean, self.std = mean, std
         self.round_to = round_to
-        self.scorer = make_scorer(criterion, ridge=ridge, pool_grid=pool_grid, intervention_images=intervention_images)
+        self.scorer = make_scorer(
+            criterion,
+            ridge=ridge,
+            pool_grid=pool_grid,
+            intervention_images=intervention_images,
+            effect_images=effect_images,
+        )
         self.conv_layers = list(learned_convs(self.model))
         if not self.conv_layers:
             raise ValueError(f"{type(model).__name__} has no nn.Conv2d layers to explain")

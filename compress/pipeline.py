@@ -13,22 +13,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from . import __version__
-from .artifacts import OutputDir, check_output_dir, disk_errors, environment
+from .artifacts import OutputDir, check_output_dir, disk_errors, environment, scratch_directory
 from .benchmark import LatencySettings, make_session, onnx_hits, resolve_providers, run_batched, time_providers
 from .causal.scorer import CausalScorer
+from .causal.total_effect import TotalEffectScorer
 from .config import RunConfig
-from .criteria import SCORED_CRITERIA, Scorer, importance_factory, make_scorer
+from .criteria import Scorer, make_scorer
 from .data import DataSplits, load_splits, make_loader
 from .distributed import SINGLE, Distributed, distributed_from_env
 from .errors import CompressWarning, collect_warnings
@@ -36,8 +37,9 @@ from .evaluation import evaluate_sharded, percentages
 from .export import PARITY_IMAGES, ExportCache, check_parity, export_onnx
 from .gates import check_gates
 from .onnx_info import preprocessing_metadata
+from .plans import PruningPlan, execute_plan
 from .progress import progress, set_quiet
-from .pruning import count_macs_params, layer_widths, output_layer_names, prune
+from .pruning import count_macs_params, layer_widths, output_layer_names
 from .quantize import quantize_int8
 from .recovery import recalibrate_batchnorm
 from .report import summarise_by_ratio, write_plots, write_report_md
@@ -49,20 +51,6 @@ from .zoo import LoadedModel, check_model_accepts, get_spec, load_model
 log = logging.getLogger("compress")
 
 REPORT_SCHEMA = "compress.report/1"
-
-
-@dataclass(frozen=True)
-class PlannedVariant:
-    criterion: str
-    ratio: float
-    seed: int | None = None
-
-    @property
-    def name(self) -> str:
-        seed = f"-s{self.seed}" if self.seed is not None else ""
-        # two decimals as a rule; more for a ratio a target search found, so names never collide
-        label = f"{self.ratio:.2f}" if round(self.ratio, 2) == self.ratio else f"{self.ratio:.4f}".rstrip("0")
-        return f"{self.criterion}{seed}-{label}"
 
 
 @dataclass
@@ -99,16 +87,19 @@ class _Variants:
     exports: ExportCache = field(default_factory=ExportCache)  # variants of one shape share a translation
 
 
-def plan_variants(config: RunConfig, target: TargetSearch | None = None) -> list[PlannedVariant]:
-    """Every (criterion, ratio, seed) the run prunes, grouped by ratio so tables read naturally; the
-    ratio a target search found is pruned like the others."""
-    plan = []
-    ratios = sorted({*config.ratios, *([target.ratio] if target else [])})
-    for ratio in ratios:
+def plan_variants(config: RunConfig, targets: Mapping[str, TargetSearch] | None = None) -> list[PruningPlan]:
+    """Every pruning plan of the run, grouped by amount so tables read naturally: each criterion (each
+    random seed) at each amount, and at the amount a target search found for it."""
+    targets = targets or {}
+    amounts = sorted({*config.ratios, *(t.ratio for t in targets.values())})
+    plans = []
+    for amount in amounts:
         for criterion in config.criteria:
+            if amount not in config.ratios and targets[criterion].ratio != amount:
+                continue  # another criterion's target (global allocation finds one per criterion)
             seeds = config.random_seed_list() if criterion == "random" else [None]
-            plan.extend(PlannedVariant(criterion, ratio, seed) for seed in seeds)
-    return plan
+            plans.extend(PruningPlan(criterion, amount, config.allocation, config.steps, seed) for seed in seeds)
+    return plans
 
 
 def run(config: RunConfig) -> dict[str, Any] | None:
@@ -131,15 +122,16 @@ def _run(config: RunConfig, distributed: Distributed, warned: list[str]) -> dict
     with _output_dir(config, distributed) as out:
         torch.manual_seed(config.seed)
         inputs = load_inputs(config, distributed)
-        target = _search_target(config, inputs)
         scorers = _score(config, inputs)
-        variants = _build_variants(config, inputs, scorers, out, target)
+        targets = _search_targets(config, inputs, scorers)
+        variants = _build_variants(config, inputs, scorers, out, targets)
         if config.int8:
             _add_int8_variants(config, inputs, variants, out)
         if not distributed.is_main:
             return None
         latency = _measure_latency(config, inputs, variants, out)
-        report = _assemble_report(config, inputs, scorers, variants, latency, target)
+        target = targets[config.ship_criterion] if targets else None
+        report = _assemble_report(config, inputs, scorers, variants, latency, target, targets)
         report["warnings"] = warned  # every distinct warning of the run, shown once each as it came
         _write_outputs(out, report, variants, scorers, inputs)
         out.write_manifest(
@@ -166,7 +158,7 @@ def _output_dir(config: RunConfig, distributed: Distributed) -> Iterator[OutputD
         return
     check_output_dir(config.out, config.force)  # fail like rank 0 rather than wait for it
     with (
-        tempfile.TemporaryDirectory(prefix=f"compress-rank{distributed.rank}-") as scratch,
+        scratch_directory(f"compress-rank{distributed.rank}-") as scratch,
         OutputDir(Path(scratch) / "out") as out,
     ):
         yield out
@@ -200,58 +192,92 @@ def load_inputs(config: RunConfig, distributed: Distributed | None = None) -> _I
 
 
 def _score(config: RunConfig, inputs: _Inputs) -> dict[str, Scorer]:
-    """Fit a scorer for every data-driven criterion of the run, on the calibration images.
-
-    In a distributed run the causal scorer collects its statistics on each process's shard and sums
-    them; the other scorers are not sums of statistics and run whole on every process (they are
-    deterministic, so every process gets the same scores).
-    """
+    """Fit every criterion of the run on the original model (random: its first seed)."""
     scorers = {}
-    distributed = inputs.distributed
-    calibration = inputs.splits.loader("calibration", config.batch_size)
     for criterion in config.criteria:
-        if criterion not in SCORED_CRITERIA:
-            continue
-        scorer = make_scorer(
-            criterion, ridge=config.ridge, pool_grid=config.pool_grid, intervention_images=config.intervention_images
-        )
-        if isinstance(scorer, CausalScorer):
-            shard = make_loader(distributed.shard(inputs.splits.calibration), config.batch_size)
-            scorer.collect(inputs.model, shard, inputs.example)
-            scorers[criterion] = scorer.reduce_statistics(distributed.all_reduce_sum).solve()
-        else:
-            scorers[criterion] = scorer.fit(inputs.model, calibration, inputs.example)
+        scorer = _fit(config, inputs, criterion, inputs.model, config.seed)
         log.info("%s scores: %d groups, %.1f s", criterion, len(scorer.importances_), scorer.fit_seconds_)
+        scorers[criterion] = scorer
     return scorers
 
 
-def _search_target(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
-    """The pruning ratio that meets --target-macs-ratio or --target-speedup, if one is asked for;
-    rank 0 searches (the speed-up is timed there) and tells the other processes."""
-    found = _search_target_here(config, inputs) if inputs.distributed.is_main else None
+def _fit(config: RunConfig, inputs: _Inputs, criterion: str, model: nn.Module, seed: int | None) -> Scorer:
+    """`criterion`'s scorer fitted on `model` with the calibration images.
+
+    In a distributed run the causal scorers work on each process's shard and sum their statistics
+    (the total effects: each process takes its share of `effect_images`, and the shards interleave,
+    so together they see the same first images as one process); the other scorers are not sums of
+    statistics and run whole on every process (they are deterministic, so every process gets the
+    same scores).
+    """
+    scorer = make_scorer(
+        criterion,
+        ridge=config.ridge,
+        pool_grid=config.pool_grid,
+        intervention_images=config.intervention_images,
+        effect_images=-(-config.effect_images // inputs.distributed.world_size),
+        seed=config.seed if seed is None else seed,
+    )
+    if isinstance(scorer, CausalScorer | TotalEffectScorer):
+        shard = make_loader(inputs.distributed.shard(inputs.splits.calibration), config.batch_size)
+        scorer.collect(model, shard, inputs.example)
+        if isinstance(scorer, TotalEffectScorer):
+            return scorer.solve(inputs.distributed.all_reduce_sum)
+        return scorer.reduce_statistics(inputs.distributed.all_reduce_sum).solve()
+    return scorer.fit(model, inputs.splits.loader("calibration", config.batch_size), inputs.example)
+
+
+def _search_targets(config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer]) -> dict[str, TargetSearch] | None:
+    """The pruning amount that meets --target-macs-ratio or --target-speedup, by criterion (one search
+    for all with uniform allocation, whose shapes do not depend on the scores); rank 0 searches (the
+    speed-up is timed there) and tells the other processes."""
+    if config.target_macs_ratio is None and config.target_speedup is None:
+        return None
+    found = None
+    if inputs.distributed.is_main:
+        if config.allocation == "uniform":
+            search = _search_target(config, inputs, None)
+            found = dict.fromkeys(config.criteria, search)
+        else:
+            found = {c: _search_target(config, inputs, scorers[c].importances_) for c in config.criteria}
     return inputs.distributed.broadcast_object(found)
 
 
-def _search_target_here(config: RunConfig, inputs: _Inputs) -> TargetSearch | None:
-    common = {"protected": inputs.protected, "round_to": config.round_to}
+def _search_target(config: RunConfig, inputs: _Inputs, scores: Mapping[str, np.ndarray] | None) -> TargetSearch:
+    shape = None
+    if scores is not None:  # global allocation: the criterion's own shapes, one step
+
+        def shape(amount: float) -> nn.Module:
+            plan = PruningPlan("search", amount, config.allocation)
+            return execute_plan(
+                inputs.model, plan, lambda m: scores, inputs.example, **_pruning_settings(config, inputs), scores=scores
+            ).model
+
+    common = {"protected": inputs.protected, "round_to": config.round_to, "shape": shape}
     if config.target_macs_ratio is not None:
         return search_macs_ratio(inputs.model, inputs.example, config.target_macs_ratio, **common)
-    if config.target_speedup is not None:
-        images = inputs.eval_images[: config.latency_batch].numpy()
-        return search_speedup(
-            inputs.model,
-            inputs.example,
-            images,
-            config.target_speedup,
-            provider=inputs.providers[0],
-            threads=config.threads,
-            **common,
-        )
-    return None
+    images = inputs.eval_images[: config.latency_batch].numpy()
+    return search_speedup(
+        inputs.model,
+        inputs.example,
+        images,
+        config.target_speedup,
+        provider=inputs.providers[0],
+        threads=config.threads,
+        **common,
+    )
+
+
+def _pruning_settings(config: RunConfig, inputs: _Inputs) -> dict[str, Any]:
+    return {"protected": inputs.protected, "round_to": config.round_to, "max_fraction": config.max_group_ratio}
 
 
 def _build_variants(
-    config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer], out: OutputDir, target: TargetSearch | None
+    config: RunConfig,
+    inputs: _Inputs,
+    scorers: dict[str, Scorer],
+    out: OutputDir,
+    targets: Mapping[str, TargetSearch] | None,
 ) -> _Variants:
     """The original and every planned variant: pruned, recovered, fine-tuned if asked, exported,
     checked and evaluated."""
@@ -264,23 +290,27 @@ def _build_variants(
     original = _finish_variant("original", inputs.model, config, inputs, out, variants)
     original.update(criterion=None, ratio=0.0, seed=None, kept_unpruned={}, channel_ratio=1.0)
 
-    for planned in progress(plan_variants(config, target), desc="variants", unit="variant"):
-        pruned = prune(
+    for planned in progress(plan_variants(config, targets), desc="variants", unit="variant"):
+        first = scorers[planned.criterion]
+        if planned.seed is not None and planned.seed != config.seed:  # another random seed
+            first = _fit(config, inputs, planned.criterion, inputs.model, planned.seed)
+        pruned = execute_plan(
             inputs.model,
-            importance_factory(planned.criterion, scorers.get(planned.criterion), planned.seed or 0),
-            planned.ratio,
+            planned,
+            lambda m, p=planned: _fit(config, inputs, p.criterion, m, p.seed).importances_,
             inputs.example,
-            protected=inputs.protected,
-            round_to=config.round_to,
+            **_pruning_settings(config, inputs),
+            recalibrate=lambda m: recalibrate_batchnorm(m, calibration),
+            scores=first.importances_,
         )
-        before = inputs.accuracy(pruned.model, config.batch_size, desc=f"{planned.name} accuracy")
+        before = _accuracy_now(pruned.model, planned.name, config, inputs, variants)
         if config.recalibrate:
             recalibrate_batchnorm(pruned.model, calibration)
-        finetune = _finetune(planned.name, pruned.model, config, inputs) if config.finetune_epochs else None
+        finetune = _finetune(planned.name, pruned.model, config, inputs, variants) if config.finetune_epochs else None
         record = _finish_variant(planned.name, pruned.model, config, inputs, out, variants)
         record.update(
             criterion=planned.criterion,
-            ratio=planned.ratio,
+            ratio=planned.amount,
             seed=planned.seed,
             kept_unpruned=pruned.kept_unpruned,
             prune_seconds=round(pruned.seconds, 3),
@@ -307,11 +337,11 @@ def _build_variants(
 
 
 def _finetune(
-    name: str, model: nn.Module, config: RunConfig, inputs: _Inputs
+    name: str, model: nn.Module, config: RunConfig, inputs: _Inputs, variants: _Variants
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fine-tune the pruned `model` in place (the original only teaches): its accuracy before, and
     how the training went."""
-    before = inputs.accuracy(model, config.batch_size, desc=f"{name} accuracy before fine-tuning")
+    before = _accuracy_now(model, name, config, inputs, variants)
     teacher = inputs.model if config.distill else None
     result = train(
         model,
@@ -329,6 +359,25 @@ def _finetune(
         "device": result.device,
         "world_size": result.world_size,
     }
+
+
+def _accuracy_now(
+    model: nn.Module, name: str, config: RunConfig, inputs: _Inputs, variants: _Variants
+) -> dict[str, float]:
+    """Top-1/top-5 of `model` as it is now (before recovery, before fine-tuning), with onnxruntime:
+    a file of this shape is exported anyway, so the translation is shared (ExportCache) and
+    onnxruntime evaluates the images 2-3 times faster than PyTorch."""
+    with scratch_directory("compress-interim-") as scratch:
+        path = export_onnx(
+            model,
+            inputs.example,
+            Path(scratch) / "interim.onnx",
+            opset=config.opset,
+            exporter=config.exporter,
+            cache=variants.exports,
+        ).path
+        session = make_session(path, "cpu", config.threads)
+        return inputs.onnx_accuracy(session, config.batch_size, desc=f"{name} accuracy")
 
 
 def _finish_variant(
@@ -483,6 +532,7 @@ def _assemble_report(
     variants: _Variants,
     latency: _Latency,
     target: TargetSearch | None,
+    targets: Mapping[str, TargetSearch] | None,
 ) -> dict[str, Any]:
     splits, loaded, records = inputs.splits, inputs.loaded, variants.records
     settings = latency.settings
@@ -541,6 +591,8 @@ def _assemble_report(
         "summary": summarise_by_ratio(records, config.criteria),
         "chosen": chosen,
         "target": target.as_dict() if target else None,
+        # with global allocation each criterion's shapes differ, so each searched its own amount
+        "targets": {c: t.as_dict() for c, t in targets.items()} if targets and config.allocation != "uniform" else None,
         "gates": gates,
         "gates_passed": all(g["passed"] for g in gates),
     }
@@ -564,8 +616,10 @@ def _scoring_record(criterion: str, scorer: Scorer, config: RunConfig) -> dict[s
         "groups": {root: len(v) for root, v in scorer.importances_.items()},
         "seconds": round(scorer.fit_seconds_, 3),
     }
-    if criterion == "causal":
+    if isinstance(scorer, CausalScorer):
         record.update(ridge=config.ridge, pool_grid=config.pool_grid, consumer_layers=len(scorer.graph_.consumers))
+    elif isinstance(scorer, TotalEffectScorer):
+        record.update(effect_images=config.effect_images, consumer_layers=len(scorer.graph_.consumers))
     return record
 
 

@@ -13,14 +13,21 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .causal.graph import CONSUMER_HANDLERS, build_dependency_graph, find_output_layers
+from .allocation import uniform_keep
+from .causal.graph import (
+    CONSUMER_HANDLERS,
+    build_dependency_graph,
+    find_output_layers,
+    group_root,
+    prunable_groups,
+)
 from .errors import CompressWarning, PruningError
 from .layers import is_fixed
 
@@ -106,22 +113,28 @@ def prune(
     *,
     protected: Sequence[str] | None = None,
     round_to: int | None = None,
+    keep: Mapping[str, int] | None = None,
 ) -> PruneResult:
     """Remove `ratio` of the channels of every prunable group of a copy of `model`.
 
     `importance` builds a torch-pruning Importance for the copy being pruned (a fresh one per attempt,
     so seeded criteria stay reproducible). `protected` names layers whose output channels are kept
     (default: the traced output layers). `round_to` keeps each group's channel count a multiple of it
-    (rounding down; None or 1: exact ratio). `example_inputs` are real inputs: they trace the graph
-    and validate every pruned group. The caller's model is not changed.
+    (rounding down; None or 1: exact ratio). `keep`, when given, replaces the ratio: the channels each
+    group keeps, by group root (compress.allocation); groups it does not name stay whole.
+    `example_inputs` are real inputs: they trace the graph and validate every pruned group. The
+    caller's model is not changed.
     """
-    if not 0.0 < ratio < 1.0:
+    if keep is None and not 0.0 < ratio < 1.0:
         raise PruningError(f"pruning ratio must be in (0, 1), got {ratio}")
     round_to = round_to if round_to is not None and round_to > 1 else None
     start = time.perf_counter()
     reference = copy.deepcopy(model).eval()
     if protected is None:
         protected = output_layer_names(reference, example_inputs)
+    if keep is None:  # the same fraction of every group, never emptying one (compress.allocation)
+        widths = group_widths(reference, example_inputs, protected)
+        keep = {root: uniform_keep(width, ratio, round_to) for root, width in widths.items()}
     with torch.no_grad():
         expected_shape = tuple(reference(example_inputs).shape)
     kept: dict[str, str] = {}
@@ -131,7 +144,7 @@ def prune(
     while True:
         try:
             pruned, history = _prune_once(
-                reference, importance, ratio, example_inputs, list(protected) + list(kept), round_to, check_each
+                reference, importance, example_inputs, list(protected) + list(kept), round_to, check_each, keep
             )
         except _GroupRejected as rejected:
             if rejected.root is None:
@@ -154,14 +167,23 @@ def prune(
 def _prune_once(
     reference: nn.Module,
     importance: ImportanceFactory,
-    ratio: float,
     example_inputs: torch.Tensor,
     ignored: list[str],
     round_to: int | None,
     check_each: bool,
+    keep: Mapping[str, int],
 ) -> tuple[nn.Module, list[list]]:
     work = copy.deepcopy(reference)
     names = {m: n for n, m in work.named_modules()}
+    # torch-pruning's per-layer ratios, each group its own ranking scope
+    per_group = {
+        module: 1.0 - (kept + 0.5) / width  # + 0.5: torch-pruning floors width * (1 - ratio)
+        for root, kept in keep.items()
+        if root not in ignored
+        for module in [work.get_submodule(root)]
+        for width in [module.out_channels if isinstance(module, nn.Conv2d) else module.out_features]
+        if kept < width
+    }
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # torch-pruning warns about every unknown op it meets
         try:
@@ -169,7 +191,8 @@ def _prune_once(
                 work,
                 example_inputs,
                 importance=importance(work),
-                pruning_ratio=ratio,
+                pruning_ratio=0.0,  # every pruned group has its own ratio
+                pruning_ratio_dict=per_group,
                 ignored_layers=[work.get_submodule(n) for n in ignored],
                 round_to=round_to,
             )
@@ -256,6 +279,15 @@ def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.T
         raise _GroupRejected(
             root, "the pruned model differs from the original with those channels zeroed", f"(max {error:.3g})"
         )
+
+
+def group_widths(model: nn.Module, example_inputs: torch.Tensor, protected: Sequence[str]) -> dict[str, int]:
+    """Channels of every prunable group of `model`, by group root (the layers in `protected` excluded)."""
+    observed = copy.deepcopy(model).eval()
+    graph = build_dependency_graph(observed, example_inputs)
+    names = {m: n for n, m in observed.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
+    return {group_root(g, names, order): len(g[0].idxs) for g in prunable_groups(graph, list(protected))}
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:

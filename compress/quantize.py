@@ -9,7 +9,6 @@ lost 0.56 points, at the same speed (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .artifacts import scratch_directory
 from .benchmark import require_onnxruntime
 from .errors import ExportError
 from .progress import quiet_library_output
@@ -64,7 +64,7 @@ def quantize_int8(
     if reader.images == 0:
         raise ExportError("INT8 calibration needs at least one calibration image")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="compress-int8-") as tmp, quiet_library_output():
+    with scratch_directory("compress-int8-") as tmp, quiet_library_output():
         # Pre-processing folds batch norms and infers shapes: quantisation works on the fused graph.
         prepared = Path(tmp) / "prepared.onnx"
         try:

@@ -184,7 +184,11 @@ COLOURS = {
     "causal": "tab:red",
     "causal-reference": "tab:orange",
     "intervention": "tab:green",
+    "taylor": "tab:purple",
     "l1": "tab:blue",
+    "l2": "tab:cyan",
+    "bn-scale": "tab:olive",
+    "lamp": "tab:brown",
     "random": "tab:gray",
 }
 
@@ -218,7 +222,31 @@ def write_plots(report: dict[str, Any], out_path: Callable[[str], Path]) -> list
     _plot_tradeoff(axes[1], report, lambda v: 1.0 / v["macs_ratio"])
     _style(axes[1], "MACs reduction (original MACs / MACs)", "top-1 accuracy (%)", "accuracy vs MACs")
     _save(fig, out_path("plots/tradeoff.png"))
-    return ["plots/accuracy.png", "plots/latency.png", "plots/tradeoff.png"]
+
+    amounts = sorted({v["ratio"] for v in report["variants"] if v["criterion"] is not None})
+    fig, axes = plt.subplots(len(amounts), 1, figsize=(11.0, 2.6 * len(amounts) + 0.6), squeeze=False)
+    for ax, amount in zip(axes[:, 0], amounts, strict=True):
+        _plot_widths(ax, report, amount)
+    _save(fig, out_path("plots/widths.png"))
+    return ["plots/accuracy.png", "plots/latency.png", "plots/tradeoff.png", "plots/widths.png"]
+
+
+def _plot_widths(ax, report: dict[str, Any], amount: float) -> None:
+    """Fraction of each layer's output channels kept, per criterion (random: its first seed), at one
+    pruning amount: where each criterion took its channels from."""
+    original = report["variants"][0]["widths"]
+    layers = [name for name in original if name not in report["model"]["output_layers"]]
+    shown = set()
+    for v in report["variants"]:
+        if v["ratio"] != amount or v["precision"] != "fp32" or v["criterion"] in shown:
+            continue
+        shown.add(v["criterion"])
+        kept = [v["widths"][name] / original[name] for name in layers]
+        ax.plot(range(len(layers)), kept, marker=".", color=COLOURS.get(v["criterion"]), label=v["criterion"])
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.05)
+    _style(ax, "", "channels kept", f"amount {amount:g}")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -257,10 +285,11 @@ def _plot_tradeoff(ax, report: dict[str, Any], gain: Callable[[dict[str, Any]], 
 
 def _plot_accuracy(ax, report: dict[str, Any]) -> None:
     summary = report["summary"]
-    ratios = [row["ratio"] for row in summary]
     for criterion in report["config"]["criteria"]:
-        after = [row[criterion]["top1"] for row in summary if criterion in row]
-        before = [row[criterion]["top1_before_recovery"] for row in summary if criterion in row]
+        rows = [row for row in summary if criterion in row]  # a target found per criterion: its own amount
+        ratios = [row["ratio"] for row in rows]
+        after = [row[criterion]["top1"] for row in rows]
+        before = [row[criterion]["top1_before_recovery"] for row in rows]
         colour = COLOURS.get(criterion)
         ax.errorbar(
             ratios,
@@ -275,9 +304,9 @@ def _plot_accuracy(ax, report: dict[str, Any]) -> None:
     ax.axhline(report["variants"][0]["accuracy"]["top1"], color="black", linewidth=0.8, label="original")
     _style(
         ax,
-        "pruning ratio (fraction of channels removed per group)",
+        "pruning amount (fraction of channels removed)",
         "top-1 accuracy (%)",
-        f"{report['model']['name']}: accuracy vs pruning ratio",
+        f"{report['model']['name']}: accuracy vs pruning amount",
     )
 
 

@@ -82,8 +82,8 @@ def load_pruned_with_info(path: str | Path, trust_code: bool = False) -> tuple[n
 
 def save_importances(path: Path, scorers: Mapping[str, Any]) -> None:
     """The importances of fitted scorers, by criterion: "<criterion>/group:<root layer>" (per group
-    channel), "<criterion>/layer:<layer>" (per output filter) and, for causal,
-    "causal/consumer:<layer>" (per input feature of each consumer)."""
+    channel), "<criterion>/layer:<layer>" (per output filter) and, for the causal criteria,
+    "<criterion>/consumer:<layer>" (per input feature of each consumer)."""
     arrays = {}
     for criterion, scorer in scorers.items():
         arrays.update({f"{criterion}/group:{k}": v for k, v in scorer.importances_.items()})

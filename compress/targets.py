@@ -1,20 +1,19 @@
-"""Pick the pruning ratio from what the user wants to ship: a MACs budget or a measured speed-up.
+"""Pick the pruning amount from what the user wants to ship: a MACs budget or a measured speed-up.
 
-Both searches bisect the uniform pruning ratio. The pruned shape at a ratio does not depend on which
-channels go, only on how many, so the search prunes by magnitude (no scoring) and the run then prunes
-at the found ratio with every criterion, as at any other ratio. MACs fall as the ratio grows, but
-not everywhere: with channel rounding, a ratio that would leave a group fewer channels than the
-rounding unit leaves that group whole (ResNet-20 at 0.95 with multiples of 4 keeps every channel),
-so MACs rise again at high ratios. Latency is noisier still (rounding, kernel choice). So the search
-walks a grid of ratios upward to the first that reaches the target and bisects between it and the
-grid point below; the speed-up search times each candidate against the original, interleaved.
+Both searches bisect the pruning amount. With uniform allocation the pruned shape at a ratio does not
+depend on which channels go, only on how many, so the search prunes by magnitude (no scoring) and the
+run then prunes at the found ratio with every criterion, as at any other ratio; with global
+allocation the shapes follow each criterion's scores, and the run searches once per criterion.
+MACs fall in steps as the amount grows (channel rounding), and measured latency is noisy (rounding,
+kernel choice), so the search walks a grid of amounts upward to the first that reaches the target
+and bisects between it and the grid point below; the speed-up search times each candidate against
+the original, interleaved.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .artifacts import scratch_directory
 from .benchmark import LatencySettings, make_session, measure_latency
 from .criteria import importance_factory
 from .errors import CompressWarning
@@ -93,6 +93,12 @@ def bisect_ratio(
     return round(hi, 4), best, True, history
 
 
+# The model pruned at an amount: what a search measures. By default uniform allocation, whose shapes
+# do not depend on the criterion (magnitude ranks the channels); with global allocation the caller
+# passes its criterion's pruning, since there the shapes follow the scores.
+Shape = Callable[[float], nn.Module]
+
+
 def search_macs_ratio(
     model: nn.Module,
     example: torch.Tensor,
@@ -100,13 +106,14 @@ def search_macs_ratio(
     *,
     protected: Sequence[str],
     round_to: int | None,
+    shape: Shape | None = None,
 ) -> TargetSearch:
-    """The smallest uniform ratio whose pruned model keeps at most `target` of the MACs."""
+    """The smallest pruning amount whose pruned model keeps at most `target` of the MACs."""
     base = count_macs_params(model, example)[0]
+    shape = shape or (lambda ratio: _probe(model, ratio, example, protected, round_to))
 
     def macs_ratio(ratio: float) -> float:
-        pruned = _probe(model, ratio, example, protected, round_to)
-        return count_macs_params(pruned, example)[0] / base
+        return count_macs_params(shape(ratio), example)[0] / base
 
     ratio, value, reached, steps = bisect_ratio(macs_ratio, lambda v: v - target)
     log.info("target MACs ratio %.3f: pruning ratio %.3f gives %.3f", target, ratio, value)
@@ -126,17 +133,18 @@ def search_speedup(
     settings: LatencySettings | None = None,
     steps: int = 4,
     grid_step: float = 0.1,
+    shape: Shape | None = None,
 ) -> TargetSearch:
-    """The smallest uniform ratio whose pruned model runs `target` times faster than `model` on
+    """The smallest pruning amount whose pruned model runs `target` times faster than `model` on
     `images` (one batch), measured with onnxruntime against the original in the same timing run."""
     settings = settings or LatencySettings(warmup=5, runs=10, min_seconds=0.3, window_seconds=2.0)
-    with tempfile.TemporaryDirectory(prefix="compress-target-") as tmp:
+    shape = shape or (lambda ratio: _probe(model, ratio, example, protected, round_to))
+    with scratch_directory("compress-target-") as tmp:
         original = export_onnx(model, example, Path(tmp) / "original.onnx").path
         batch = {len(images): images}
 
         def speedup(ratio: float) -> float:
-            pruned = _probe(model, ratio, example, protected, round_to)
-            path = export_onnx(pruned, example, Path(tmp) / "candidate.onnx").path
+            path = export_onnx(shape(ratio), example, Path(tmp) / "candidate.onnx").path
             sessions = {name: make_session(p, provider, threads) for name, p in (("o", original), ("c", path))}
             timings = measure_latency(sessions, batch, settings).timings
             key = f"batch_{len(images)}"
@@ -148,7 +156,8 @@ def search_speedup(
 
 
 def _probe(model: nn.Module, ratio: float, example: torch.Tensor, protected, round_to) -> nn.Module:
-    """The model pruned at `ratio`, quietly: the variants pruned at the ratio found warn for themselves."""
+    """The model pruned uniformly at `ratio`, quietly: the variants pruned at the ratio found warn for
+    themselves."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompressWarning)
         return prune(model, _MAGNITUDE, ratio, example, protected=protected, round_to=round_to).model

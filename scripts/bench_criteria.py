@@ -1,12 +1,19 @@
-"""Benchmark the pruning criteria on real CIFAR-10 checkpoints, side by side in one run.
+"""Benchmark the pruning criteria on real checkpoints, side by side in one run.
 
-    python scripts/bench_criteria.py                          # both shared ResNets, print tables
-    python scripts/bench_criteria.py --write BENCHMARKS.md    # also replace its section there
+    python scripts/bench_criteria.py --targets 1.3,1.5,2,3 --write BENCHMARKS.md   # matched MACs
+    python scripts/bench_criteria.py --write BENCHMARKS.md    # exact uniform ratios, scoring costs
 
-For every model: calibration on `--calibration-size` training images, evaluation on the whole test
-set; every criterion prunes one-shot at each uniform ratio (exact ratios, no channel rounding), and
-is evaluated before and after batch-norm re-estimation; random runs with `--random-seeds` seeds
-(mean, std, 95% t-interval, and each criterion's margin in random standard deviations). It also
+Matched MACs (`--targets`): for every model, criterion, allocation and schedule, the pruning amount
+that removes the target share of MACs is found by the target search (uniform allocation: one search,
+its shapes do not depend on the scores; global allocation: one search per criterion on its own
+shapes), so every row compares models of equal cost. One-shot (or `--steps`) pruning, channel
+rounding `--round-to`, top-1 after batch-norm re-estimation; random with `--random-seeds` seeds.
+`--plot` draws top-1 against MACs kept for every model (the Pareto picture).
+
+Exact ratios (no `--targets`): for every model, calibration on `--calibration-size` training images,
+evaluation on the whole test set; every criterion prunes one-shot at each uniform ratio (exact ratios,
+no channel rounding), and is evaluated before and after batch-norm re-estimation; random runs with
+`--random-seeds` seeds (mean, std, 95% t-interval, and each criterion's margin in random standard deviations). It also
 times each scorer against a plain inference pass over the same images, samples its peak memory,
 repeats causal scoring with `--memory-check` images to show memory does not grow with them, and
 checks that scoring and pruning twice give identical importances and pruned channels.
@@ -15,21 +22,28 @@ checks that scoring and pruning twice give identical importances and pruned chan
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from benchmark_tables import interval95, replace_section
+import torch.nn as nn
+from benchmark_tables import interval95, machine, replace_section
 
-from compress.criteria import CRITERIA, SCORED_CRITERIA, importance_factory, make_scorer
+from compress.criteria import CRITERIA, importance_factory, make_scorer
 from compress.data import load_data
+from compress.errors import CompressWarning
 from compress.evaluation import evaluate
+from compress.plans import PruningPlan, execute_plan
 from compress.progress import progress, set_quiet
-from compress.pruning import count_macs_params, prune
+from compress.pruning import count_macs_params, group_widths, output_layer_names, prune
 from compress.recovery import recalibrate_batchnorm
+from compress.targets import bisect_ratio
 from compress.zoo import get_spec, load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -77,72 +91,53 @@ def plain_pass_seconds(model, loader) -> float:
     return time.perf_counter() - start
 
 
-def state_mib(scorer) -> float:
-    """What a scorer keeps between calibration and solving: the sums, or (intervention) the images."""
-    if hasattr(scorer, "statistics_"):
-        tensors = [t for stats in scorer.statistics_.values() for t in stats.tensors()]
-    else:
-        tensors = [scorer.images_]
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
-
-
-def timed_collect(scorer, model, loader, example) -> tuple[float, float, float]:
-    """(calibration pass seconds, plain pass seconds, peak RSS growth MiB): best of 3, alternating
-    plain and calibration passes so a drifting machine moves both alike."""
-    collect, plain, peak = [], [], 0.0
+def timed_fit(criterion: str, model, loader, example, args) -> tuple[object, float, float, float]:
+    """(fitted scorer, scoring seconds, plain pass seconds, peak RSS growth MiB): best of 3,
+    alternating plain passes and fits so a drifting machine moves both alike."""
+    fits, plain, peak, scorer = [], [], 0.0, None
     for _ in range(3):
         plain.append(plain_pass_seconds(model, loader))
+        scorer = make_scorer(criterion, pool_grid=args.pool_grid, intervention_images=args.intervention_images)
         with PeakMemory() as memory:
             start = time.perf_counter()
-            scorer.collect(model, loader, example)
-            collect.append(time.perf_counter() - start)
+            scorer.fit(model, loader, example)
+            fits.append(time.perf_counter() - start)
         peak = max(peak, memory.mib)
-    return min(collect), min(plain), peak
+    return scorer, min(fits), min(plain), peak
 
 
 def score_all(model, splits, criteria, args, example):
     scorers, costs = {}, {}
     loader = splits.loader("calibration", args.batch_size)
     for criterion in criteria:
-        if criterion not in SCORED_CRITERIA:
+        if criterion == "random":
             continue
-        scorer = make_scorer(criterion, pool_grid=args.pool_grid, intervention_images=args.intervention_images)
-        collect, plain, peak = timed_collect(scorer, model, loader, example)
-        with PeakMemory() as memory:
-            start = time.perf_counter()
-            scorer.solve()
-            solve = time.perf_counter() - start
+        scorer, seconds, plain, peak = timed_fit(criterion, model, loader, example, args)
         scorers[criterion] = scorer
-        costs[criterion] = {
-            "images": scorer.n_images_,
-            "collect_s": collect,
-            "plain_s": plain,
-            "solve_s": solve,
-            "vs_plain": collect / plain,
-            "state_mib": state_mib(scorer),
-            "peak_mib": max(peak, memory.mib),
-        }
+        costs[criterion] = {"images": scorer.n_images_, "fit_s": seconds, "plain_s": plain, "peak_mib": peak}
     return scorers, costs
 
 
 def memory_check(model, spec, args, example) -> list[dict]:
-    """Causal scoring on a small and a large calibration set: time grows, memory must not."""
+    """Causal scoring on a small and a large calibration set: memory must not grow with the images."""
     rows = []
     for n in (args.calibration_size, args.memory_check):
         splits = load_data(
             args.data, input_size=spec.input_size, mean=spec.mean, std=spec.std, calibration_size=n, evaluation_size=1
         )
-        scorer = make_scorer("causal", pool_grid=args.pool_grid)
-        collect, plain, peak = timed_collect(scorer, model, splits.loader("calibration", args.batch_size), example)
-        rows.append(
-            {
-                "images": scorer.n_images_,
-                "seconds": collect,
-                "vs_plain": collect / plain,
-                "state_mib": state_mib(scorer),
-                "peak_mib": peak,
-            }
-        )
+        loader = splits.loader("calibration", args.batch_size)
+        for criterion in ("causal", "causal-direct"):
+            scorer, seconds, plain, peak = timed_fit(criterion, model, loader, example, args)
+            rows.append(
+                {
+                    "criterion": criterion,
+                    "calibration": n,
+                    "images": scorer.n_images_,
+                    "seconds": seconds,
+                    "vs_plain": seconds / plain,
+                    "peak_mib": peak,
+                }
+            )
         del splits
     return rows
 
@@ -182,7 +177,7 @@ def run_model(name: str, weights: str, args) -> dict:
     rows = []
     plan = [
         (ratio, criterion, seed)
-        for ratio in args.ratios
+        for ratio in ([] if args.costs_only else args.ratios)
         for criterion in args.criteria
         for seed in (range(args.random_seeds) if criterion == "random" else [None])
     ]
@@ -248,19 +243,20 @@ def accuracy_table(result: dict, criteria: list[str]) -> list[str]:
 
 def cost_table(result: dict) -> list[str]:
     lines = [
-        "| criterion | images | calibration pass | plain pass | ratio | solve | state held | peak RSS growth |",
-        "|---|---|---|---|---|---|---|---|",
+        "| criterion | images used | scoring | plain pass over the calibration images | ratio | peak RSS growth |",
+        "|---|---|---|---|---|---|",
     ]
     for criterion, c in result["costs"].items():
-        ratio = f"{c['vs_plain']:.2f}x" if criterion != "intervention" else "—"  # it only keeps images
         lines.append(
-            f"| {criterion} | {c['images']} | {c['collect_s']:.2f} s | {c['plain_s']:.2f} s | {ratio} "
-            f"| {c['solve_s']:.2f} s | {c['state_mib']:.2f} MiB | {c['peak_mib']:.0f} MiB |"
+            f"| {criterion} | {c['images']} | {c['fit_s']:.2f} s | {c['plain_s']:.2f} s "
+            f"| {c['fit_s'] / c['plain_s']:.2f}x | {c['peak_mib']:.0f} MiB |"
         )
     return lines
 
 
 def heading(args) -> str:
+    if args.costs_only:
+        return "### Scoring cost of the criteria"
     suffix = f" (causal pool grid {args.pool_grid})" if args.pool_grid != 1 else ""
     return f"### Pruning criteria on CIFAR-10 ResNets{suffix}"
 
@@ -283,12 +279,10 @@ def render(results: list[dict], args, command: str) -> str:
         out += [
             f"#### {r['model']} ({r['weights']}), original top-1 {r['original']:.2f}% on {r['evaluation']} images",
             "",
-            *accuracy_table(r, args.criteria),
+            *(accuracy_table(r, args.criteria) if r["rows"] else ["(scoring costs only)"]),
             "",
-            "Scoring cost: the calibration pass (statistics collected with hooks; intervention only keeps "
-            "its images) against a plain inference pass over the same images, best of 3 alternating runs; "
-            "solve = fitting the equations (intervention: all the do(channel = 0) passes); state held = what "
-            "the scorer keeps between the two; peak RSS growth = resident memory above the level before.",
+            "Scoring cost: a whole fit against a plain inference pass over the calibration images, best of 3 "
+            "alternating runs; peak RSS growth = resident memory above the level before the fit.",
             "",
             *cost_table(r),
             "",
@@ -297,17 +291,251 @@ def render(results: list[dict], args, command: str) -> str:
             "",
         ]
         if "memory" in r:
-            out += ["Causal scoring memory against calibration images:", ""]
+            out += ["Causal scoring against the size of the calibration set:", ""]
             out += [
-                "| images | calibration pass | vs plain inference | state held | peak RSS growth |",
-                "|---|---|---|---|---|",
+                "| criterion | calibration images | images used | scoring | vs plain pass | peak RSS growth |",
+                "|---|---|---|---|---|---|",
             ]
             out += [
-                f"| {m['images']} | {m['seconds']:.2f} s | {m['vs_plain']:.2f}x | {m['state_mib']:.2f} MiB "
-                f"| {m['peak_mib']:.0f} MiB |"
+                f"| {m['criterion']} | {m['calibration']} | {m['images']} | {m['seconds']:.2f} s "
+                f"| {m['vs_plain']:.2f}x | {m['peak_mib']:.0f} MiB |"
                 for m in r["memory"]
             ]
             out.append("")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Matched MACs
+
+
+class Subject:
+    """One benchmark model: its data, calibration and evaluation batches, protected layers and cost."""
+
+    def __init__(self, item: str, args):
+        name, _, rest = item.partition("=")
+        weights, _, data = rest.partition("@")
+        self.spec = get_spec(name)
+        self.name = name
+        self.weights = weights or None
+        loaded = load_model(self.spec, self.weights, 10)
+        self.label = f"{name} ({Path(loaded.weights).name if loaded.weights else 'random init'})"
+        self.splits = load_data(
+            data or args.data,
+            input_size=self.spec.input_size,
+            mean=self.spec.mean,
+            std=self.spec.std,
+            calibration_size=args.calibration_size,
+            evaluation_size=args.eval_size,
+            seed=args.seed,
+        )
+        self.model = loaded.model.eval()
+        self.example = self.splits.example_batch(16)
+        self.calibration = self.splits.loader("calibration", args.batch_size)
+        self.evaluation = list(self.splits.loader("evaluation", 500))
+        self.protected = output_layer_names(self.model, self.example)
+        self.macs = count_macs_params(self.model, self.example)[0]
+        self.original = evaluate(self.model, self.evaluation)["top1"]
+
+    def fit(self, criterion: str, model: nn.Module, seed: int | None, args) -> dict[str, np.ndarray]:
+        scorer = make_scorer(criterion, pool_grid=args.pool_grid, seed=seed or 0)
+        return scorer.fit(model, self.calibration, self.example).importances_
+
+    def macs_kept(self, model: nn.Module) -> float:
+        return count_macs_params(model, self.example)[0] / self.macs
+
+
+def search_amount(subject: Subject, plan: PruningPlan, scores, target: float, round_to: int) -> tuple[float, float]:
+    """The smallest amount whose one-step pruning by `plan` keeps at most 1/target of the MACs."""
+
+    def macs(amount: float) -> float:
+        pruned = execute_plan(
+            subject.model,
+            dataclasses.replace(plan, amount=amount, steps=1),
+            lambda m: scores,
+            subject.example,
+            protected=subject.protected,
+            round_to=round_to,
+            scores=scores,
+        )
+        return subject.macs_kept(pruned.model)
+
+    amount, value, _, _ = bisect_ratio(macs, lambda v: v - 1 / target, steps=5, grid_step=0.1)
+    return amount, value
+
+
+def run_matched(item: str, args) -> dict:
+    subject = Subject(item, args)
+    plain = plain_pass_seconds(subject.model, subject.calibration)
+    scores, costs = {}, {}
+    for criterion in args.criteria:
+        for seed in range(args.random_seeds) if criterion == "random" else [None]:
+            start = time.perf_counter()
+            scores[criterion, seed] = subject.fit(criterion, subject.model, seed, args)
+            costs[criterion] = {"fit_s": time.perf_counter() - start, "plain_s": plain}
+    rows = []
+    jobs = [
+        (target, allocation, steps, criterion, seed)
+        for target in args.targets
+        for allocation in args.allocations
+        for steps in args.steps
+        for criterion in args.criteria
+        for seed in (range(args.random_seeds) if criterion == "random" else [None])
+        if not (criterion == "random" and allocation != "uniform")  # random scores allocate at random
+    ]
+    uniform_amounts = {}
+    for target, allocation, steps, criterion, seed in progress(jobs, desc=subject.name, unit="variant"):
+        first = scores[criterion, seed]
+        plan = PruningPlan(criterion, 0.5, allocation, steps, seed)
+        if allocation == "uniform":  # the shapes at an amount are the same for every criterion
+            if target not in uniform_amounts:
+                uniform_amounts[target] = search_amount(subject, plan, first, target, args.round_to)[0]
+            amount = uniform_amounts[target]
+        else:
+            amount = search_amount(subject, plan, first, target, args.round_to)[0]
+        start = time.perf_counter()
+        pruned = execute_plan(
+            subject.model,
+            dataclasses.replace(plan, amount=amount),
+            lambda m, c=criterion, s=seed: subject.fit(c, m, s, args),
+            subject.example,
+            protected=subject.protected,
+            round_to=args.round_to,
+            recalibrate=lambda m: recalibrate_batchnorm(m, subject.calibration),
+            scores=first,
+        )
+        recalibrate_batchnorm(pruned.model, subject.calibration)
+        rows.append(
+            {
+                "target": target,
+                "allocation": allocation,
+                "steps": steps,
+                "criterion": criterion,
+                "seed": seed,
+                "amount": amount,
+                "macs": subject.macs_kept(pruned.model),
+                "after": evaluate(pruned.model, subject.evaluation)["top1"],
+                "seconds": time.perf_counter() - start,
+                "widths": group_widths(pruned.model, subject.example, subject.protected),
+            }
+        )
+    return {
+        "model": subject.label,
+        "original": subject.original,
+        "evaluation": len(subject.splits.evaluation),
+        "calibration": len(subject.splits.calibration),
+        "rows": rows,
+        "costs": costs,
+    }
+
+
+def _variant(row: dict) -> str:
+    steps = f", {row['steps']} steps" if row["steps"] > 1 else ""
+    return f"{row['criterion']} · {row['allocation']}{steps}"
+
+
+def matched_table(result: dict, targets: list[float]) -> list[str]:
+    """One row per criterion x allocation x schedule, one column per MACs target: top-1 (MACs kept)."""
+    head = ["criterion · allocation"] + [f"{t:g}x fewer MACs" for t in targets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    variants = list(dict.fromkeys(_variant(r) for r in result["rows"]))
+    for variant in variants:
+        cells = [variant]
+        for t in targets:
+            at = [r for r in result["rows"] if r["target"] == t and _variant(r) == variant]
+            if not at:
+                cells.append("—")
+                continue
+            after = np.array([r["after"] for r in at])
+            macs = np.mean([r["macs"] for r in at])
+            if len(at) > 1:
+                cells.append(f"{after.mean():.2f} ± {after.std(ddof=1):.2f} ({macs:.3f})")
+            else:
+                cells.append(f"{after[0]:.2f} ({macs:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def best_lines(result: dict, targets: list[float]) -> list[str]:
+    """Per target: causal with the run's defaults (global allocation, one step) against the best
+    baseline configuration (any allocation and schedule; random excluded)."""
+    out = []
+    for t in targets:
+        at = [r for r in result["rows"] if r["target"] == t]
+        default = next(
+            (r for r in at if r["criterion"] == "causal" and r["allocation"] == "global" and r["steps"] == 1), None
+        )
+        baselines = [r for r in at if not r["criterion"].startswith("causal") and r["criterion"] != "random"]
+        base = max(baselines, key=lambda r: r["after"], default=None)
+        if default and base:
+            margin = default["after"] - base["after"]
+            out.append(
+                f"- {t:g}x: causal (defaults) {default['after']:.2f} at {default['macs']:.3f} MACs; best baseline "
+                f"{_variant(base)} {base['after']:.2f} at {base['macs']:.3f}: {margin:+.2f}"
+                + (" **(miss)**" if margin < 0 else "")
+            )
+    return out
+
+
+def plot_matched(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        for variant in dict.fromkeys(_variant(r) for r in result["rows"]):
+            rows = [r for r in result["rows"] if _variant(r) == variant]
+            points = sorted(
+                (
+                    np.mean([r["macs"] for r in rows if r["target"] == t]),
+                    np.mean([r["after"] for r in rows if r["target"] == t]),
+                )
+                for t in dict.fromkeys(r["target"] for r in rows)
+            )
+            style = "-" if variant.startswith("causal") else "--"
+            ax.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=variant)
+        ax.axhline(result["original"], color="grey", linewidth=0.8)
+        ax.set_title(result["model"], fontsize=9)
+        ax.set_xlabel("MACs kept")
+        ax.set_ylabel("top-1 % (after BN re-estimation)")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def render_matched(results: list[dict], args, command: str) -> str:
+    out = [
+        "### Criteria at matched MACs",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Every cell is top-1 % after batch-norm re-estimation (MACs kept in brackets) at the amount the "
+        f"target search found for that row (uniform: one search for all criteria; global: one per criterion), "
+        f"channel rounding {args.round_to}, calibration on {args.calibration_size} training images; random "
+        f"with {args.random_seeds} seeds (mean ± std), uniform allocation only. Machine: {machine()}.",
+        "",
+    ]
+    if args.plot:
+        out += [f"![top-1 against MACs kept]({args.plot.as_posix()})", ""]
+    for r in results:
+        out += [
+            f"#### {r['model']}, original top-1 {r['original']:.2f}% on {r['evaluation']} images",
+            "",
+            *matched_table(r, args.targets),
+            "",
+            *best_lines(r, args.targets),
+            "",
+            "Scoring time against a plain inference pass over the calibration images: "
+            + ", ".join(
+                f"{c} {v['fit_s']:.1f} s ({v['fit_s'] / v['plain_s']:.2f}x)"
+                for c, v in r["costs"].items()
+                if c != "random"
+            )
+            + ".",
+            "",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -326,17 +554,39 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", type=Path, help="replace this script's section of the given Markdown file")
+    parser.add_argument("--costs-only", action="store_true", help="only the scoring cost and memory tables")
+    parser.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")], help="MACs reductions")
+    parser.add_argument("--allocations", type=lambda s: s.split(","), default=["uniform", "global"])
+    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1])
+    parser.add_argument("--round-to", type=int, default=4)
+    parser.add_argument("--plot", type=Path, help="with --targets: where to draw top-1 against MACs kept")
+    parser.add_argument("--json", type=Path, help="with --targets: write every row here")
     args = parser.parse_args()
     set_quiet(not os.isatty(2))
     torch.manual_seed(args.seed)
+    warnings.simplefilter("ignore", CompressWarning)  # e.g. groups a baseline does not score: in the rows
+    command = "python scripts/bench_criteria.py " + " ".join(
+        a for a in os.sys.argv[1:] if not a.startswith("--write") and a != str(args.write)
+    )
+    if args.targets:
+        results = []
+        for item in args.models:
+            results.append(run_matched(item, args))
+            print(render_matched(results[-1:], args, ""), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+        if args.plot:
+            plot_matched(results, args.plot)
+        text = render_matched(results, args, command.strip())
+        print(text)
+        if args.write:
+            replace_section(args.write, "### Criteria at matched MACs\n", text)
+        return
     results = []
     for item in args.models:
         name, _, weights = item.partition("=")
         results.append(run_model(name, weights, args))
         print(render(results[-1:], args, ""), flush=True)
-    command = "python scripts/bench_criteria.py " + " ".join(
-        a for a in os.sys.argv[1:] if not a.startswith("--write") and a != str(args.write)
-    )
     text = render(results, args, command.strip())
     print(text)
     if args.write:

@@ -1,10 +1,11 @@
-"""Accuracy after fine-tuning at ~2x fewer MACs: causal vs L1 vs random pruning, same training budget.
+"""Accuracy after fine-tuning at ~2x fewer MACs: causal vs Taylor vs L1 vs random, same training budget.
 
     python scripts/bench_finetune.py --model cifar_resnet20 --weights models/cifar_resnet20.pt \\
         --data ../shared/data/cifar10 --epochs 3 --write BENCHMARKS.md
 
-Runs `compress run` once: it bisects the pruning ratio that keeps at most --target-macs-ratio of the
-MACs (0.5: ~2x fewer), prunes there with causal, l1 and --random-seeds random baselines, re-estimates
+Runs `compress run` once: it searches the pruning amount that keeps at most --target-macs-ratio of the
+MACs (0.5: ~2x fewer; with global allocation, the default, one search per criterion), prunes there
+with causal, taylor, l1 and --random-seeds random baselines, re-estimates
 batch norm, fine-tunes every variant with the same budget (--epochs, --lr, cosine schedule,
 distillation from the original unless --no-distill) on training images kept apart from calibration
 and evaluation, and evaluates with onnxruntime. Prints the table (accuracy right after pruning, after
@@ -106,6 +107,16 @@ def table(report: dict, controlled: dict | None) -> list[str]:
     return lines
 
 
+def amounts(report: dict) -> str:
+    """The pruning amount each criterion's target search found (one for all with uniform allocation)."""
+    allocation = report["config"]["allocation"]
+    found = {c: t["ratio"] for c, t in (report.get("targets") or {}).items()}
+    if allocation == "uniform" or len(set(found.values())) <= 1:
+        return f"Uniform pruning ratio {report['target']['ratio']:.4f}, the same for every criterion,"
+    each = ", ".join(f"{c} {r:.4f}" for c, r in found.items())
+    return f"{allocation.capitalize()} allocation, amounts by criterion ({each}),"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", type=Path, help="Markdown file whose fine-tuning section is replaced.")
@@ -123,7 +134,7 @@ def main() -> None:
         flags = [
             *("--out", str(Path(tmp) / "out")),
             *("--target-macs-ratio", str(args.target_macs_ratio), "--ratios", ""),
-            *("--criteria", "causal,l1,random", "--random-seeds", str(args.random_seeds)),
+            *("--criteria", "causal,taylor,l1,random", "--random-seeds", str(args.random_seeds)),
             *("--finetune-epochs", str(args.epochs), "--finetune-lr", str(args.lr)),
             *([] if args.no_distill else ["--distill"]),
             *("--latency-runs", "5", "--latency-min-seconds", "0", "--latency-window-seconds", "2", "--warmup", "2"),
@@ -151,8 +162,8 @@ def main() -> None:
         f"**{report['variants'][0]['accuracy']['top1']:.2f}%** on {report['data']['evaluation_images']} "
         f"evaluation images; {report['data']['calibration_images']} calibration images.",
         "",
-        f"Pruning ratio {report['target']['ratio']:.4f} from the MACs target {args.target_macs_ratio:g} (channels "
-        f"rounded to multiples of {report['config']['round_to']}), the same for every criterion. **Reduced "
+        f"{amounts(report)} from the MACs target {args.target_macs_ratio:g} (channels "
+        f"rounded to multiples of {report['config']['round_to']}). **Reduced "
         f"recipe**: every variant, random baselines included, was fine-tuned {tuned['epochs']} epoch(s) of "
         f"{first['images_per_epoch']} training images (apart from calibration and evaluation), SGD lr "
         f"{tuned['lr']:g} with a {tuned['schedule']} schedule, batch {tuned['batch_size']}, weight decay "

@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compress.artifacts import OutputDir, OutputFiles, sha256
+from compress.artifacts import OutputDir, OutputFiles, remove_unfinished, scratch_directory, sha256
 from compress.cli import main
 from compress.errors import OutputError
 from compress.zoo import CHECKPOINTS_DIR
@@ -90,3 +90,19 @@ def test_the_output_directory_gets_the_umask_mode_like_its_files(tmp_path):
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0700
     assert (tmp_path / "out" / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_cancel_removes_every_staged_and_scratch_path_but_nothing_committed(tmp_path):
+    with OutputDir(tmp_path / "done") as done:
+        done.write_text("report.json", "{}")
+        done.commit()
+    out = OutputDir(tmp_path / "run")
+    out.write_text("report.json", "{}")
+    files = OutputFiles()
+    files.stage(tmp_path / "model.onnx").write_text("half")
+    with scratch_directory("compress-test-") as scratch:
+        (scratch / "interim.onnx").write_text("half")
+        remove_unfinished()  # what the SIGTERM handler does before exiting
+        assert not scratch.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["done"]
+    assert (tmp_path / "done" / "report.json").exists()

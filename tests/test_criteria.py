@@ -9,8 +9,9 @@ from builders import TwoConv, batches, randomise_batchnorm
 from compress.causal.intervention import InterventionScorer
 from compress.causal.reference import ReferenceCausalScorer
 from compress.cifar_resnet import CifarResNet
-from compress.criteria import CRITERIA, SCORED_CRITERIA, importance_factory, make_scorer
+from compress.criteria import CRITERIA, importance_factory, make_scorer
 from compress.pruning import prune
+from compress.zoo import DigitsCNN
 
 
 def _rescaled(model, factors):
@@ -80,15 +81,16 @@ def test_intervention_measures_the_kl_divergence_of_zeroing_a_channel():
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_every_criterion_prunes_through_one_interface_deterministically(criterion):
     torch.manual_seed(0)
-    model = TwoConv().eval()
-    x = batches(n=64)
+    model = randomise_batchnorm(DigitsCNN())
+    x = batches(n=64, shape=(1, 8, 8), classes=10)
     example = x[0][0]
     runs = []
     for _ in range(2):
-        scorer = make_scorer(criterion).fit(model, x) if criterion in SCORED_CRITERIA else None
-        result = prune(model, importance_factory(criterion, scorer, seed=3), 0.5, example)
+        scorer = make_scorer(criterion, seed=3, intervention_images=16).fit(model, x, example)
+        assert set(scorer.importances_) == {"conv1", "conv2", "conv3", "conv4"}
+        result = prune(model, importance_factory(criterion, scorer), 0.5, example)
         runs.append(result.pruned_channels())
-        assert result.model.conv1.out_channels == 3 and result.model(example).shape == (16, 5)
+        assert result.model.conv1.out_channels == 16 and result.model(example).shape == (16, 10)
     assert runs[0] == runs[1]
 
 
@@ -103,7 +105,7 @@ def test_option_a_cifar_resnet_prunes_whole_with_every_scored_criterion():
     torch.manual_seed(0)
     model = randomise_batchnorm(CifarResNet(20, num_classes=10, shortcut="A"))
     x = batches(n=32, shape=(3, 32, 32), classes=10)
-    for criterion in SCORED_CRITERIA:
+    for criterion in CRITERIA:
         scorer = make_scorer(criterion, intervention_images=16).fit(model, x)
         result = prune(model, importance_factory(criterion, scorer), 0.5, x[0][0])
         assert result.kept_unpruned == {}, criterion

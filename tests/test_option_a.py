@@ -13,7 +13,7 @@ from compress import CausalScorer, prune
 from compress.benchmark import make_session
 from compress.causal.graph import build_channel_graph
 from compress.cifar_resnet import CifarResNet
-from compress.criteria import CausalImportance, importance_factory, l1_importance
+from compress.criteria import importance_factory, l1_importance
 from compress.export import check_parity, export_onnx
 from compress.layers import ChannelPadShortcut, learned_convs
 from compress.pruning import count_macs_params, layer_widths
@@ -72,7 +72,7 @@ def test_every_group_prunes_streams_included_and_equals_the_masked_original(resn
     data = batches(n=32, shape=(3, 32, 32), classes=10)
     x = data[0][0]
     scorer = CausalScorer().fit(resnet20, data)
-    result = prune(resnet20, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.5, x, round_to=4)
+    result = prune(resnet20, importance_factory("causal", scorer), 0.5, x, round_to=4)
     assert result.kept_unpruned == {}
     widths = layer_widths(result.model)
     assert widths["conv1"] == 8 and widths["layer2.0.conv2"] == 16 and widths["layer3.2.conv2"] == 32  # streams

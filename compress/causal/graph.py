@@ -139,25 +139,36 @@ def find_output_layers(graph: tp.DependencyGraph) -> list[str]:
     return outputs
 
 
+def group_root(group, names: dict[nn.Module, str], order: dict[nn.Module, int]) -> str:
+    """The name a torch-pruning group goes by here: its first producing layer in definition order
+    (torch-pruning's own root depends on traversal order: it can be a depthwise conv that merely passes
+    channels on)."""
+    producers = [
+        item.dep.target.module
+        for item in group
+        if isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear)) and item.dep.handler not in CONSUMER_HANDLERS
+    ]
+    return names[min(producers or [group[0].dep.target.module], key=lambda m: order.get(m, len(order)))]
+
+
+def prunable_groups(graph: tp.DependencyGraph, ignored: list[str]):
+    """torch-pruning's groups of `graph`'s model, but those of the `ignored` layers (the outputs)."""
+    model = graph.model
+    return graph.get_all_groups(
+        ignored_layers=[model.get_submodule(n) for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)
+    )
+
+
 def build_channel_graph(model: nn.Module, example_inputs: torch.Tensor) -> ChannelGraph:
     """Trace `model` (eval mode; the caller passes a copy it owns) and link groups to consumers."""
     graph = build_dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
     output_layers = find_output_layers(graph)
-    ignored = [model.get_submodule(n) for n in output_layers]
     consumers: dict[str, Consumer] = {}
     groups: list[GroupLinks] = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        # Name a group after its first producing layer in definition order (torch-pruning's own root
-        # depends on traversal order: it can be a depthwise conv that merely passes channels on).
-        producers = [
-            item.dep.target.module
-            for item in group
-            if isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear)) and item.dep.handler not in CONSUMER_HANDLERS
-        ]
-        root = min(producers or [group[0].dep.target.module], key=lambda m: order.get(m, len(order)))
-        links = GroupLinks(root=names[root], channels=len(group[0].idxs))
+    for group in prunable_groups(graph, output_layers):
+        links = GroupLinks(root=group_root(group, names, order), channels=len(group[0].idxs))
         for item in group:
             module = item.dep.target.module
             idxs, root_idxs = list(item.idxs), list(item.root_idxs)

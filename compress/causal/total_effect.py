@@ -1,0 +1,193 @@
+"""Total causal effect of each filter on the model's output, by path analysis over the network itself.
+
+The seed scores a filter by its *direct* effect on its children. In a structural model the effect of a
+filter on the output is its *total* effect: the sum over every directed path to the output of the
+products of the path coefficients. In a network the structural equations are known (they are the
+layers), and the sum over paths of products of local derivatives is exactly what back-propagation
+computes: one backward pass gives every filter's total effect at once, through residual streams,
+concatenations and nonlinearities, with the network's own coefficients instead of fitted ones.
+
+The intervention is the one pruning makes, corrected for what batch-norm re-estimation repairs:
+a removed channel stops varying, and the constant it leaves behind (its mean) is absorbed by the
+re-estimated statistics downstream. So the effect measured is that of do(channel := its mean) at
+every layer that reads the channel, to first order:
+
+    s_c(x) = sum over consumers L of c, and positions p, of (a_Lc(x, p) - mean_Lc) * dg(x)/da_Lc(x, p)
+
+with g the log-probability of the class the model predicts for x (no labels needed). A channel's
+importance is the root mean square of s_c over calibration images: how far, typically, removing its
+variation moves the model's confidence in its own answer. Scores of all groups are on that one scale.
+
+Cost: one forward and backward pass over `max_images` calibration images; the mean is not needed
+during the pass, since s_c = sum_p a * grad - mean * sum_p grad. Memory: per consumer and image the
+two sums over positions (at most `max_images` rows), independent of the calibration set's size.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..progress import progress
+from .calibration import batch_images
+from .graph import ChannelGraph, build_channel_graph, layer_scores_from_groups
+
+SumAcross = Callable[[list[torch.Tensor]], None]
+
+
+class TotalEffectScorer:
+    """Score each group channel by its total effect on the model's output (see the module docstring).
+
+    Parameters
+    ----------
+    max_images:
+        Calibration images used (the first ones the loader gives).
+
+    Attributes (after `fit`)
+    ------------------------
+    importances_: dict pruning-group root -> per-channel total effect (rms over images)
+    consumer_importances_: dict consumer layer -> per input feature, the effect through that layer alone
+    layer_importances_: dict conv/linear layer -> importance of each of its output filters (its group's)
+    graph_: the traced ChannelGraph
+    n_images_, fit_seconds_: images used, wall time
+    """
+
+    def __init__(self, max_images: int = 512):
+        self.max_images = max_images
+
+    def fit(
+        self,
+        model: nn.Module,
+        batches: Iterable,
+        example_inputs: torch.Tensor | None = None,
+        sum_across: SumAcross | None = None,
+    ) -> TotalEffectScorer:
+        """`collect` then `solve`. The caller's model is never changed."""
+        return self.collect(model, batches, example_inputs).solve(sum_across)
+
+    def collect(
+        self, model: nn.Module, batches: Iterable, example_inputs: torch.Tensor | None = None
+    ) -> TotalEffectScorer:
+        """Keep a copy of `model`, its traced graph and the first `max_images` images of `batches`."""
+        if not (isinstance(self.max_images, int) and self.max_images >= 1):
+            raise ValueError(f"max_images must be a positive integer, got {self.max_images!r}")
+        self._start = time.perf_counter()
+        self._observed = copy.deepcopy(model).eval()
+        self._batches = self._images(batches)  # kept for the two passes: at most max_images of them
+        example = example_inputs if example_inputs is not None else self._batches[0][:2]
+        self.graph_ = build_channel_graph(self._observed, example)
+        for parameter in self._observed.parameters():  # gradients are wanted for activations only
+            parameter.requires_grad_(False)
+        return self
+
+    def solve(self, sum_across: SumAcross | None = None) -> TotalEffectScorer:
+        """One forward and backward pass over the kept images. `sum_across` sums lists of tensors over
+        data-parallel processes (each one holding its shard), so every process gets the scores of all
+        the images."""
+        if not hasattr(self, "_batches"):
+            raise RuntimeError("call collect(model, batches) before solve()")
+        graph = self.graph_
+        sums, counts, products, gradients = self._pass(self._observed, graph, self._batches)
+        if sum_across is not None:
+            sum_across([*sums.values(), *counts.values()])
+        # s(x) = sum_p (a - mean) * grad = sum_p a * grad - mean * sum_p grad: the mean is known only after
+        # the pass, so the pass keeps both per-image sums (images x features, at most max_images rows).
+        effects = {
+            name: products[name] - (sums[name] / counts[name].clamp(min=1)) * gradients[name] for name in products
+        }
+        squares = {}
+        for group in graph.groups:
+            total = torch.zeros(len(next(iter(effects.values()))), group.channels, dtype=torch.float64)
+            for name, idxs, root_idxs in group.links:
+                total.index_add_(1, torch.as_tensor(root_idxs), effects[name][:, torch.as_tensor(idxs)])
+            squares[group.root] = (total * total).sum(0)
+        consumers = {name: (effect * effect).sum(0) for name, effect in effects.items()}
+        totals = [torch.tensor(float(sum(len(b) for b in self._batches)), dtype=torch.float64)]
+        totals += [*squares.values(), *consumers.values()]
+        if sum_across is not None:
+            sum_across(totals)
+        self.n_images_ = int(totals[0].item())
+        scale = max(self.n_images_, 1)
+        self.importances_ = {root: (s / scale).sqrt().numpy() for root, s in squares.items()}
+        self.consumer_importances_ = {name: (s / scale).sqrt().numpy() for name, s in consumers.items()}
+        self.layer_importances_ = layer_scores_from_groups(graph, self.importances_)
+        del self._observed, self._batches  # what the scores needed; the model copy and images can go
+        self.fit_seconds_ = time.perf_counter() - self._start
+        return self
+
+    def _images(self, batches: Iterable) -> list[torch.Tensor]:
+        """The first `max_images` images of `batches`, batch by batch."""
+        kept, seen = [], 0
+        for batch in batches:
+            images = batch_images(batch)[: self.max_images - seen]
+            if len(images) == 0:
+                break
+            kept.append(images)
+            seen += len(images)
+        if not kept:
+            raise ValueError("no calibration batches: the calibration data is empty")
+        return kept
+
+    def _pass(
+        self, observed: nn.Module, graph: ChannelGraph, batches: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], ...]:
+        """Per consumer: the sum of each input feature over images and positions, their count, and per
+        image the sums over positions of input * gradient and of gradient (g's gradient with respect to
+        that consumer's input alone)."""
+        captured: dict[str, torch.Tensor] = {}
+        sums = {name: torch.zeros(c.n_inputs, dtype=torch.float64) for name, c in graph.consumers.items()}
+        counts = {name: torch.zeros((), dtype=torch.float64) for name in graph.consumers}
+        products: dict[str, list[torch.Tensor]] = {name: [] for name in graph.consumers}
+        gradients: dict[str, list[torch.Tensor]] = {name: [] for name in graph.consumers}
+
+        def hook_for(name: str):
+            def hook(module, args):
+                x = args[0]
+                # A tensor several consumers read gets a view per consumer, so each view's gradient is
+                # the path through that consumer only; a tensor outside the autograd graph (upstream of
+                # every consumer) becomes a leaf.
+                x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+                x.retain_grad()
+                captured[name] = x
+                rows = _rows(x.detach())
+                sums[name] += rows.sum((0, 2)).double()
+                counts[name] += rows.shape[0] * rows.shape[2]
+                return (x, *args[1:])
+
+            return hook
+
+        handles = [c.module.register_forward_pre_hook(hook_for(n)) for n, c in graph.consumers.items()]
+        try:
+            for images in progress(batches, desc="total effects", unit="batch"):
+                captured.clear()
+                with torch.enable_grad():
+                    logits = observed(images)
+                    log_probs = F.log_softmax(logits, 1)
+                    log_probs.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+                for name, x in captured.items():
+                    values, grads = _rows(x.detach()), _rows(x.grad)
+                    products[name].append((values * grads).sum(2).double())
+                    gradients[name].append(grads.sum(2).double())
+        finally:
+            for handle in handles:
+                handle.remove()
+        return (
+            sums,
+            counts,
+            {n: torch.cat(v) for n, v in products.items()},
+            {n: torch.cat(v) for n, v in gradients.items()},
+        )
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(images, features, positions): a conv's input channels over its pixels, or a linear layer's
+    input features over any leading token dimensions."""
+    if x.dim() == 4:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    return x.transpose(1, 2)

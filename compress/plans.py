@@ -1,0 +1,125 @@
+"""A pruning plan: which criterion ranks channels, how much goes, how it is spread across groups, and
+in how many steps. The pruning stage executes plans; the pipeline only lists them.
+
+One step scores the model, allocates kept widths (compress.allocation) and removes each group's
+lowest-scored channels (compress.pruning). With `steps` > 1 the amount is reached in equal steps:
+after each one the batch norms are re-estimated and the criterion is fitted again on the smaller
+model (the causal calibration is one cheap pass), so later steps see the model they prune. Every
+criterion follows the same schedule.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .allocation import ALLOCATIONS, DEFAULT_MAX_FRACTION, global_keep, uniform_keep
+from .criteria import GroupScoreImportance
+from .errors import CompressWarning
+from .pruning import PruneResult, group_widths, prune
+
+# Fits the plan's criterion on a model and returns its scores: group root -> per-channel scores.
+ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """`amount`: with uniform allocation the fraction of every group's channels removed; with global
+    allocation the fraction of all prunable channels. `seed` names a random baseline."""
+
+    criterion: str
+    amount: float
+    allocation: str = "uniform"
+    steps: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.amount < 1.0:
+            raise ValueError(f"amount must be in (0, 1), got {self.amount}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+
+    @property
+    def name(self) -> str:
+        seed = f"-s{self.seed}" if self.seed is not None else ""
+        # two decimals as a rule; more for an amount a target search found, so names never collide
+        label = f"{self.amount:.2f}" if round(self.amount, 2) == self.amount else f"{self.amount:.4f}".rstrip("0")
+        return f"{self.criterion}{seed}-{label}"
+
+
+def plan_keep(
+    plan: PruningPlan,
+    scores: Mapping[str, np.ndarray],
+    fraction: float,
+    *,
+    original: Mapping[str, int],
+    round_to: int | None,
+    max_fraction: float = DEFAULT_MAX_FRACTION,
+) -> dict[str, int]:
+    """Kept widths after removing `fraction` of the original model's channels (uniform: of each group's;
+    global: of all of them), the current model's channels ranked by `scores`."""
+    if plan.allocation == "uniform":
+        return {root: uniform_keep(original.get(root, len(s)), fraction, round_to) for root, s in scores.items()}
+    current = {root: len(s) for root, s in scores.items()}
+    total = sum(original.get(root, current[root]) for root in scores)
+    gone = sum(original.get(root, current[root]) - current[root] for root in scores)
+    more = max(0.0, (fraction * total - gone) / max(1, sum(current.values())))
+    floor = {root: original.get(root, current[root]) - int(max_fraction * original.get(root, current[root]))
+             for root in scores}  # fmt: skip
+    caps = {root: max(0.0, 1.0 - floor[root] / current[root]) for root in scores}
+    kept = global_keep(scores, more, round_to=round_to, max_fraction=1.0, caps=caps)
+    return kept
+
+
+def execute_plan(
+    model: nn.Module,
+    plan: PruningPlan,
+    score: ScoreFn,
+    example_inputs: torch.Tensor,
+    *,
+    protected: Sequence[str],
+    round_to: int | None,
+    recalibrate: Callable[[nn.Module], None] | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
+    max_fraction: float = DEFAULT_MAX_FRACTION,
+) -> PruneResult:
+    """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scores`, if
+    given, are its scores on `model` (the first step then skips a fit). `recalibrate` re-estimates the
+    batch norms between steps; `max_fraction` caps what global allocation takes from one group. The
+    caller's model is not changed."""
+    start = time.perf_counter()
+    original = group_widths(model, example_inputs, protected)
+    current, history, kept_unpruned = model, [], {}
+    for step in range(1, plan.steps + 1):
+        step_scores = scores if step == 1 and scores is not None else score(current)
+        unscored = sorted(set(original) - set(step_scores))
+        if step == 1 and unscored:  # e.g. bn-scale on layers without batch norm
+            shown = ", ".join(unscored[:3]) + (f" and {len(unscored) - 3} more" if len(unscored) > 3 else "")
+            warnings.warn(
+                f"{plan.criterion} gives no scores to group(s) {shown}: kept whole", CompressWarning, stacklevel=2
+            )
+        fraction = plan.amount * step / plan.steps
+        keep = plan_keep(plan, step_scores, fraction, original=original, round_to=round_to, max_fraction=max_fraction)
+        result = prune(
+            current,
+            lambda m, s=step_scores: GroupScoreImportance(s, m),
+            plan.amount,
+            example_inputs,
+            protected=protected,
+            round_to=round_to,
+            keep=keep,
+        )
+        history += result.history
+        kept_unpruned.update(result.kept_unpruned)
+        current = result.model
+        if step < plan.steps and recalibrate is not None:
+            recalibrate(current)
+    return PruneResult(current, plan.amount, history, kept_unpruned, time.perf_counter() - start)

@@ -1,0 +1,113 @@
+"""Pruning plans: criterion, allocation, schedule and amount executed by the pruning stage."""
+
+import numpy as np
+import pytest
+import torch
+from builders import TwoConv, batches, randomise_batchnorm
+
+from compress.allocation import global_keep
+from compress.criteria import importance_factory, make_scorer
+from compress.errors import CompressWarning
+from compress.plans import PruningPlan, execute_plan
+from compress.pruning import group_widths, layer_widths, output_layer_names, prune
+from compress.zoo import DigitsCNN
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(DigitsCNN())
+    data = batches(n=64, shape=(1, 8, 8), classes=10)
+    return model, data, data[0][0], output_layer_names(model, data[0][0])
+
+
+def test_one_uniform_step_is_plain_pruning(digits):
+    model, data, x, protected = digits
+    scorer = make_scorer("causal").fit(model, data, x)
+    planned = execute_plan(
+        model, PruningPlan("causal", 0.3), lambda m: scorer.importances_, x, protected=protected, round_to=4
+    )
+    plain = prune(model, importance_factory("causal", scorer), 0.3, x, protected=protected, round_to=4)
+    assert layer_widths(planned.model) == layer_widths(plain.model) == {
+        "conv1": 20, "conv2": 44, "conv3": 88, "conv4": 88, "fc": 10  # int(0.7 C) rounded down to 4
+    }  # fmt: skip
+    assert planned.pruned_channels() == plain.pruned_channels()
+
+
+def test_global_allocation_takes_channels_where_the_scores_are_low(digits):
+    model, _, x, protected = digits
+    # conv1's and conv3's channels all matter; conv2's and conv4's mostly do not
+    scores = {
+        "conv1": np.full(32, 5.0),
+        "conv2": np.r_[np.full(48, 0.1), np.full(16, 5.0)],
+        "conv3": np.full(128, 5.0),
+        "conv4": np.r_[np.full(96, 0.1), np.full(32, 5.0)],
+    }
+    plan = PruningPlan("causal", 0.4, "global")
+    result = execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=4)
+    widths = layer_widths(result.model)
+    expected = global_keep(scores, 0.4, round_to=4, normalise="mean")
+    assert widths["conv2"] == expected["conv2"] < 64 and widths["conv4"] == expected["conv4"] < 128
+    assert widths["conv1"] == 32 and widths["conv3"] == 128  # uniform would have taken 40% of them too
+    removed = result.pruned_channels()
+    assert all(i < 48 for i in removed["conv2"]) and all(i < 96 for i in removed["conv4"])  # the low ones
+
+
+def test_steps_rescore_and_recalibrate_between_and_reach_the_same_widths(digits):
+    model, data, x, protected = digits
+    fits, recalibrations = [], []
+
+    def score(m):
+        fits.append(layer_widths(m)["conv1"])
+        return make_scorer("l1").fit(m, data, x).importances_
+
+    plan = PruningPlan("l1", 0.5, steps=3)
+    result = execute_plan(model, plan, score, x, protected=protected, round_to=4, recalibrate=recalibrations.append)
+    assert fits == [32, 24, 20]  # each step scores the model the previous step left (26, 21, 16 -> 24, 20, 16)
+    assert len(recalibrations) == 2  # between steps, not after the last
+    assert layer_widths(result.model) == layer_widths(prune(model, importance_factory("l1"), 0.5, x).model)
+    assert group_widths(result.model, x, protected) == {"conv1": 16, "conv2": 32, "conv3": 64, "conv4": 64}
+
+
+def test_a_group_a_criterion_cannot_score_is_kept_whole_with_one_warning():
+    model = TwoConv().eval()  # no batch norm: bn-scale has nothing to read
+    data = batches(n=32)
+    x = data[0][0]
+    scorer = make_scorer("bn-scale").fit(model, data, x)
+    assert scorer.importances_ == {}
+    with pytest.warns(CompressWarning, match=r"bn-scale gives no scores to group\(s\) conv1, conv2: kept whole"):
+        result = execute_plan(
+            model, PruningPlan("bn-scale", 0.5), lambda m: scorer.importances_, x, protected=["fc"], round_to=None
+        )
+    assert layer_widths(result.model) == layer_widths(model)
+
+
+def test_plans_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match=r"amount must be in \(0, 1\)"):
+        PruningPlan("causal", 1.2)
+    with pytest.raises(ValueError, match="allocation must be one of uniform, global"):
+        PruningPlan("causal", 0.3, "greedy")
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        PruningPlan("causal", 0.3, steps=0)
+    assert PruningPlan("random", 0.3, seed=2).name == "random-s2-0.30"
+
+
+def test_a_run_with_global_allocation_steps_and_a_target_searches_each_criterion(tmp_path):
+    import json
+
+    from compress.cli import main
+
+    out = tmp_path / "out"
+    args = ["run", "--allocation", "global", "--steps", "2", "--criteria", "causal,l1,random", "--random-seeds", "2"]
+    args += ["--ratios", "", "--target-macs-ratio", "0.6", "--out", str(out), "--quiet"]
+    args += ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["allocation"] == "global" and report["config"]["steps"] == 2
+    targets = report["targets"]
+    assert set(targets) == {"causal", "l1", "random"} and all(t["reached"] for t in targets.values())
+    for v in report["variants"][1:]:  # every criterion at its own amount, each within the MACs budget
+        assert v["ratio"] == targets[v["criterion"]]["ratio"] and v["macs_ratio"] <= 0.6
+    shipped = next(v for v in report["variants"] if v["name"] == report["chosen"]["variant"])
+    assert shipped["criterion"] == "causal" and shipped["ratio"] == targets["causal"]["ratio"]
+    assert (out / "plots" / "widths.png").is_file()
