@@ -1,14 +1,16 @@
 import copy
+import functools
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from builders import FlattenHead, TwoConv, batches, randomise_batchnorm
 
 from compress import CausalScorer
-from compress.criteria import CausalImportance, l1_importance
+from compress.criteria import GroupScoreImportance, l1_importance
 from compress.zoo import DigitsCNN
 
 
@@ -67,15 +69,39 @@ def test_flattened_map_into_linear_maps_back_to_channels():
     )
 
 
+def _ridge_importance(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    """sum over children i of |beta_{j->i}|: every column of y regressed on all columns of x, standardised, ridge."""
+    zx, zy = (x - x.mean(0)) / x.std(0), (y - y.mean(0)) / y.std(0)
+    beta = np.linalg.solve(zx.T @ zx / len(x) + ridge * np.eye(x.shape[1]), zx.T @ zy / len(x))
+    return np.abs(beta).sum(1)
+
+
 def test_residual_stream_sums_over_every_consumer():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=4).eval()
-    scorer = CausalScorer().fit(model, batches(n=32, shape=(3, 32, 32), classes=4))
+    data = batches(n=32, shape=(3, 32, 32), classes=4)
+    scorer = CausalScorer(ridge=1e-2).fit(model, data)
     stream = next(g for g in scorer.graph_.groups if g.root == "conv1")  # stem + stage-1 residual stream
     consumers = {name for name, _, _ in stream.links}
     # the stage-1 stream feeds both blocks' first convs and stage 2's first conv and shortcut
-    assert {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"} <= consumers
-    assert all(np.isfinite(v).all() for v in scorer.importances_.values())
+    assert consumers == {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"}
+    # I(j) computed independently: each consumer's pooled inputs and outputs, one numpy ridge fit each, summed
+    pooled = {name: ([], []) for name in consumers}
+
+    def keep(module, args, output, name):
+        pooled[name][0].append(F.adaptive_avg_pool2d(args[0], 1).flatten(1))
+        pooled[name][1].append(F.adaptive_avg_pool2d(output, 1).flatten(1))
+
+    hooks = [model.get_submodule(n).register_forward_hook(functools.partial(keep, name=n)) for n in consumers]
+    with torch.no_grad():
+        for x, _ in data:
+            model(x)
+    for hook in hooks:
+        hook.remove()
+    each = {n: _ridge_importance(torch.cat(xs).double().numpy(), torch.cat(ys).double().numpy(), 1e-2)
+            for n, (xs, ys) in pooled.items()}  # fmt: skip
+    np.testing.assert_allclose(scorer.importances_["conv1"], sum(each.values()), rtol=1e-6)
+    assert all(v.min() > 0.01 * scorer.importances_["conv1"].max() for v in each.values())  # every consumer counts
 
 
 def test_model_is_observed_not_changed_and_scores_are_deterministic():
@@ -93,7 +119,7 @@ def test_model_is_observed_not_changed_and_scores_are_deterministic():
         assert np.array_equal(first.importances_[name], second.importances_[name])
 
 
-def test_causal_importance_follows_module_names_on_a_copy():
+def test_group_scores_follow_module_names_on_a_copy():
     torch.manual_seed(0)
     model = TwoConv().eval()
     scorer = CausalScorer().fit(model, batches())
@@ -102,7 +128,7 @@ def test_causal_importance_follows_module_names_on_a_copy():
 
     graph = tp.DependencyGraph().build_dependency(copy_, example_inputs=torch.randn(2, 3, 8, 8))
     group = graph.get_pruning_group(copy_.conv1, tp.prune_conv_out_channels, idxs=list(range(6)))
-    scores = CausalImportance(scorer.consumer_importances_, copy_)(group)
+    scores = GroupScoreImportance(scorer.importances_, copy_)(group)
     np.testing.assert_allclose(scores.numpy(), scorer.importances_["conv1"], rtol=1e-6)
 
 
@@ -120,3 +146,23 @@ def test_pool_grid_adds_observations_per_image():
     assert float(two.statistics_["conv2"].count) == 4 * float(one.statistics_["conv2"].count)
     assert float(two.statistics_["fc"].count) == float(one.statistics_["fc"].count) == 64
     assert isinstance(model.conv1, nn.Conv2d)
+
+
+def test_importances_file_holds_groups_filters_and_consumer_inputs_by_criterion(tmp_path):
+    from compress.serialization import save_importances
+
+    torch.manual_seed(0)
+    scorer = CausalScorer().fit(TwoConv().eval(), batches())
+    for name in ("first", "second"):
+        save_importances(tmp_path / f"{name}.npz", {"mine": scorer})
+    assert (tmp_path / "first.npz").read_bytes() == (tmp_path / "second.npz").read_bytes()  # same scores, same bytes
+    with np.load(tmp_path / "first.npz") as npz:
+        scores = {key: npz[key] for key in npz.files}
+    assert set(scores) == {
+        "mine/group:conv1", "mine/group:conv2", "mine/layer:conv1", "mine/layer:conv2",
+        "mine/consumer:conv2", "mine/consumer:fc",  # the layers that read filters, one score per input channel
+    }  # fmt: skip
+    np.testing.assert_array_equal(scores["mine/consumer:conv2"], scorer.consumer_importances_["conv2"])
+    np.testing.assert_array_equal(scores["mine/consumer:conv2"], scores["mine/group:conv1"])  # conv1's one reader
+    np.testing.assert_array_equal(scores["mine/consumer:fc"], scores["mine/group:conv2"])
+    np.testing.assert_array_equal(scores["mine/layer:conv2"], scorer.layer_importances_["conv2"])

@@ -1,5 +1,6 @@
 """The command line, end to end on the embedded default and on a torchvision model with an image folder."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import torchvision
 from PIL import Image
 
 from compress.cli import main
+from compress.zoo import CHECKPOINTS_DIR
 
 FAST = ["--latency-runs", "4", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--quiet"]
 
@@ -34,14 +36,45 @@ def test_default_run_writes_every_artifact(default_run):
         "plots/accuracy.png",
         "plots/latency.png",
         "plots/tradeoff.png",
+        "plots/widths.png",
         "onnx/original.onnx",
         "onnx/causal-0.50.onnx",
     ):
         assert (out / name).is_file(), name
     assert not list(out.parent.glob(".default.partial-*"))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["files"]) >= {"model.onnx", "report.json", "onnx/l1-0.20.onnx"}
+    # every other file is listed with its own sha256 and size, and nothing that is not there
+    written = {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert set(manifest["files"]) == set(written) and "onnx/l1-0.20.onnx" in written
+    for name, path in written.items():
+        data = path.read_bytes()
+        assert manifest["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, name
+    checkpoint = (CHECKPOINTS_DIR / "digits_cnn.pt").read_bytes()
+    assert manifest["input_model"]["sha256"] == hashlib.sha256(checkpoint).hexdigest()
     assert manifest["environment"]["versions"]["torch-pruning"]
+
+
+def test_importances_npz_names_every_criterion_group_and_layer(default_run):
+    _, out = default_run
+    widths = {"conv1": 32, "conv2": 64, "conv3": 128, "conv4": 128}
+    with np.load(out / "importances.npz") as npz:
+        scores = {key: npz[key] for key in npz.files}
+    kinds = ("group", "layer")
+    expected = {f"{c}/{kind}:{layer}" for c in ("causal", "l1", "random") for kind in kinds for layer in widths}
+    assert expected <= set(scores)
+    # anything else is a causal criterion's per-consumer-input scores (test_causal checks their values)
+    reads = {"conv2": "conv1", "conv3": "conv2", "conv4": "conv3", "fc": "conv4"}  # a consumer scores its inputs
+    for key in set(scores) - expected:
+        criterion, _, layer = key.partition("/consumer:")
+        assert criterion in ("causal", "l1", "random") and layer in reads, key
+    for key, value in scores.items():
+        layer = key.split(":")[1]
+        width = widths[reads[layer]] if "/consumer:" in key else widths[layer]
+        assert value.shape == (width,) and np.isfinite(value).all(), key
+    for criterion in ("causal", "l1", "random"):  # a chain: each group is one layer's filters
+        for layer in widths:
+            np.testing.assert_array_equal(scores[f"{criterion}/layer:{layer}"], scores[f"{criterion}/group:{layer}"])
+    assert not np.array_equal(scores["causal/group:conv1"], scores["l1/group:conv1"])
 
 
 def test_default_report_compares_causal_with_random_and_l1(default_run):
@@ -61,15 +94,61 @@ def test_default_report_compares_causal_with_random_and_l1(default_run):
     assert half["onnx_params"] <= 0.4 * original["onnx_params"]
     for row in report["summary"]:
         assert row["causal"]["top1"]["mean"] >= row["random"]["top1"]["mean"]
+    # batch-norm re-estimation is what brings the pruned variants back (recorded before and after)
+    gains = [
+        v["accuracy"]["top1"] - v["accuracy"]["top1_before_recovery"]
+        for v in report["variants"]
+        if v["precision"] == "fp32" and v["criterion"]
+    ]
+    assert min(gains) > 0 and sum(gains) / len(gains) > 20
 
 
-def test_default_report_sets_speedup_against_macs_and_has_int8_twins(default_run):
+def test_the_most_pruned_causal_variant_within_the_tolerance_ships(default_run, digits_splits):
+    from compress import load_pruned
+    from compress.benchmark import make_session
+    from compress.pruning import layer_widths
+
+    _, out = default_run
+    report = json.loads((out / "report.json").read_text())
+    original = report["variants"][0]["accuracy"]["top1"]
+    tolerance = report["config"]["accuracy_tolerance"]
+    causal = [v for v in report["variants"] if v["criterion"] == "causal" and v["precision"] == "fp32"]
+    within = [v for v in causal if v["accuracy"]["top1"] >= original - tolerance]
+    assert within and len(within) < len(causal)  # on this model 0.50 falls outside: the tolerance decides
+    shipped = max(within, key=lambda v: v["ratio"])
+    assert report["chosen"]["variant"] == shipped["name"] and report["chosen"]["within_tolerance"] is True
+    assert (out / "model.onnx").read_bytes() == (out / shipped["onnx"]).read_bytes()
+    # pruned.pt is the same variant for PyTorch: its widths, and the logits of model.onnx
+    model = load_pruned(out / "pruned.pt")
+    assert layer_widths(model) == shipped["widths"]
+    images = digits_splits.evaluation_batch(64)
+    with torch.no_grad():
+        logits = model(images).numpy()
+    onnx_logits = make_session(out / "model.onnx").run(None, {"input": images.numpy()})[0]
+    np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
+
+
+def _agreement(out, twin, parent, splits):
+    """Fraction of the run's evaluation images on which the INT8 file and its fp32 parent predict the same class
+    (the parent's fp32 file matches its PyTorch model within 1e-4)."""
+    from compress.benchmark import make_session
+
+    images = splits.evaluation_batch(twin["parity"]["agreement_images"]).numpy()
+    twin_class, parent_class = (
+        make_session(out / v["onnx"]).run(None, {"input": images})[0].argmax(1) for v in (twin, parent)
+    )
+    return float((twin_class == parent_class).mean())
+
+
+def test_default_report_sets_speedup_against_macs_and_has_int8_twins(default_run, digits_splits):
     _, out = default_run
     report = json.loads((out / "report.json").read_text())
     variants = {v["name"]: v for v in report["variants"]}
     for v in variants.values():
         for batch in ("batch_1", "batch_32"):
             gain = v["speedup"]["cpu"][batch]
+            base = variants["original"]["latency"]["cpu"][batch]["median_ms"]
+            assert gain["speedup"] == pytest.approx(base / v["latency"]["cpu"][batch]["median_ms"])  # original / it
             assert gain["macs_speedup"] == pytest.approx(1 / v["macs_ratio"])
             assert gain["efficiency"] == pytest.approx(gain["speedup"] / gain["macs_speedup"])
             assert v["latency"]["cpu"][batch]["p99_ms"] >= v["latency"]["cpu"][batch]["median_ms"]
@@ -79,8 +158,12 @@ def test_default_report_sets_speedup_against_macs_and_has_int8_twins(default_run
     for v in int8:
         parent = variants[v["parent"]]
         assert v["accuracy"]["top1"] >= parent["accuracy"]["top1"] - 1.0
+        drop = v["accuracy"]["top1_drop_from_parent"]
+        assert drop == pytest.approx(parent["accuracy"]["top1"] - v["accuracy"]["top1"])
         assert v["quantization"]["format"] == "QDQ" and (out / v["onnx"]).is_file()
         assert v["macs"] == parent["macs"]
+        assert v["parity"]["top1_agreement"] == pytest.approx(_agreement(out, v, parent, digits_splits))
+    assert all(v["parity"]["agreement_images"] == 32 for v in int8)  # max(--latency-batch, parity images)
     assert all(row["causal"]["top1"]["n"] == 1 for row in report["summary"])  # INT8 twins not mixed in
     assert report["chosen"]["variant"].endswith("-int8") is False
     order = report["benchmark"]["run_order"]["cpu"]
@@ -104,14 +187,20 @@ def test_json_summary_on_stdout(tmp_path, capsys):
             "--exporter",
             "torchscript",
             "--json",
-            "--latency-runs",
-            "4",
+            *FAST[:-1],  # --json is quiet by itself
         ]
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["chosen"]["variant"] == "causal-0.30"
     assert [v["name"] for v in summary["variants"]] == ["original", "causal-0.30"]
+    assert summary["output_dir"] == str(tmp_path / "j")
+    report = json.loads((tmp_path / "j" / "report.json").read_text())
+    assert [v["export"]["exporter"] for v in report["variants"]] == ["torchscript", "torchscript"]
+    assert report["warnings"] == []  # the exporter asked for worked: no fallback
+    for mine, theirs in zip(summary["variants"], report["variants"], strict=True):
+        assert mine["top1"] == theirs["accuracy"]["top1"]
+        assert mine["speedup"] == {k: g["speedup"] for k, g in theirs["speedup"]["cpu"].items()}
 
 
 def _folder(root, classes=3, per_class=10):
@@ -179,15 +268,15 @@ def test_torchvision_model_with_weights_and_image_folder(tmp_path):
         (["--opset", "99"], "opset must be at most"),
         (["--mean", "0.5,0.5"], "mean/std have 2/1 values but the model takes 1 channels"),
         (["--criteria", "causal", "--ship-criterion", "l1"], "ship criterion 'l1' is not among the criteria run"),
+        (["--ratios", ""], "ratios: give at least one pruning ratio, e.g. --ratios 0.3, or a target"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "never"
     code = main(["run", "--out", str(out), "--quiet", *args])
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert message in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert len(err) == 1 and err[0].startswith("compress: error: ") and message in err[0]
     assert not out.exists() and not list(tmp_path.glob(".never.partial-*"))
 
 
@@ -200,10 +289,87 @@ def test_existing_output_is_not_overwritten_without_force(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_version_and_help():
+def test_force_replaces_an_output_with_a_run_of_the_reference_and_intervention_criteria(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("an earlier run")
+    args = ["run", "--out", str(out), "--force", "--criteria", "causal-reference,intervention", "--ratios", "0.5"]
+    args += ["--intervention-images", "32", "--calibration-size", "300", "--no-recalibrate", *FAST]
+    assert main(args) == 0
+    assert not (out / "old.txt").exists() and (out / "report.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the old directory is gone, nothing staged is left
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["original", "causal-reference-0.50", "intervention-0.50"]
+    assert report["chosen"]["variant"] == "causal-reference-0.50"  # the first criterion ships when causal is absent
+    for v in report["variants"][1:]:  # --no-recalibrate: the accuracy right after pruning is the final one
+        assert v["accuracy"]["top1"] == v["accuracy"]["top1_before_recovery"]
+    assert report["scoring"]["intervention"]["calibration_images"] == 32
+    with np.load(out / "importances.npz") as npz:
+        scores = {key: npz[key] for key in npz.files}
+    assert {key.split("/")[0] for key in scores} == {"causal-reference", "intervention"}
+    # each variant kept the first layer's highest-scored filters by its own criterion (and they differ)
+    from compress import get_spec, load_model
+
+    original = load_model(get_spec("digits-cnn"), num_classes=10).model.conv1.weight.detach().numpy()
+    kept = {}
+    for criterion, v in zip(("causal-reference", "intervention"), report["variants"][1:], strict=True):
+        kept[criterion] = _kept_filters(out / v["onnx"], original)
+        score = scores[f"{criterion}/group:conv1"]
+        removed = np.setdiff1d(np.arange(32), kept[criterion])
+        assert len(set(kept[criterion])) == v["widths"]["conv1"] < 32, criterion
+        assert score[removed].max() <= score[kept[criterion]].min(), criterion
+    assert set(kept["causal-reference"]) != set(kept["intervention"])
+
+
+def _kept_filters(onnx_path, weight):
+    """Which of the original first-layer filters an ONNX file's first conv holds: the exporter folds batch norm
+    into it, which scales each filter, so they are matched by direction."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_path))
+    first = next(numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == "conv1.weight")
+    a, b = (w.reshape(len(w), -1) for w in (first, weight))
+    cosine = np.abs((a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T)
+    assert (cosine.max(1) > 1 - 1e-5).all()
+    return sorted(cosine.argmax(1).tolist())
+
+
+def test_a_parity_failure_is_one_line_and_exit_2(tmp_path, capsys):
+    # the digits model's files differ from PyTorch by about 1e-6: a tolerance below that must stop the run
+    code = main(["run", "--out", str(tmp_path / "never"), "--ratios", "0.3", "--criteria", "l1", "--parity-tolerance",
+                 "1e-12", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("compress: error: ONNX output differs from PyTorch by") and "--parity-tolerance" in err[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_debug_shows_the_traceback_before_the_one_line(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path / "never"), "--data", "/nonexistent/images", "--quiet"]
+    assert main(args) == 2
+    plain = capsys.readouterr().err.strip()
+    assert main(["--debug", *args]) == 2
+    debug = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in plain and len(plain.splitlines()) == 1
+    assert debug[0] == "Traceback (most recent call last):" and debug[-1] == plain
+    assert any(line.startswith("compress.errors.DataError: data not found") for line in debug)
+    assert main(args) == 2 and "Traceback" not in capsys.readouterr().err  # --debug lasts one command
+
+
+def test_version_and_help(capsys):
+    from compress import __version__
+    from compress.cli import run
+
     assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"compress, version {__version__}"
     assert main(["run", "--help"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("Usage: compress run [OPTIONS]")
+    for option in run.params:  # every option of run is listed
+        assert all(flag in shown for flag in option.opts), option.name
     assert main(["models"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"digits-cnn", "cifar_resnet20", "cifar_resnet56_b", "resnet18", "mobilenet_v2", "timm:NAME"} <= set(names)
 
 
 def test_terminated_run_leaves_nothing_that_looks_complete(tmp_path):

@@ -69,26 +69,41 @@ def _run(tmp_path, name, *gates):
     return main(args), out
 
 
-def test_a_gate_just_above_and_just_below_the_measured_value_flips_the_exit_code(tmp_path, capsys):
-    code, out = _run(tmp_path, "probe", "--max-accuracy-drop", "100")
-    assert code == 0
+def _gate_values(out):
     report = json.loads((out / "report.json").read_text())
-    drop = report["gates"][0]["value"]
+    return report, {g["name"]: g for g in report["gates"]}
+
+
+def test_a_gate_just_above_and_just_below_the_measured_value_flips_the_exit_code(tmp_path, capsys):
+    code, out = _run(tmp_path, "probe", "--max-accuracy-drop", "100", "--max-size-mb", "100")
+    assert code == 0
+    report, gates = _gate_values(out)
+    drop, size = gates["max_accuracy_drop"]["value"], gates["max_size_mb"]["value"]
     original = report["variants"][0]["accuracy"]["top1"]
     assert drop == pytest.approx(original - report["variants"][1]["accuracy"]["top1"])
+    assert size == (out / "model.onnx").stat().st_size / 1e6  # the shipped file, in 10^6 bytes
 
-    code, out = _run(tmp_path, "pass", "--max-accuracy-drop", f"{drop + 0.01}", "--max-size-mb", "100")
-    assert code == 0 and json.loads((out / "report.json").read_text())["gates_passed"] is True
+    code, out = _run(tmp_path, "pass", "--max-accuracy-drop", f"{drop + 0.01}", "--max-size-mb", f"{size + 0.001}")
+    report, gates = _gate_values(out)
+    assert code == 0 and report["gates_passed"] is True
+    assert gates["max_size_mb"]["value"] == (out / "model.onnx").stat().st_size / 1e6
 
-    code, out = _run(tmp_path, "fail", "--max-accuracy-drop", f"{drop - 0.01}", "--min-speedup", "1000")
+    args = ["--max-accuracy-drop", f"{drop - 0.01}", "--min-speedup", "1000", "--max-size-mb", f"{size - 0.001}"]
+    code, out = _run(tmp_path, "fail", *args)
     assert code == 1
-    report = json.loads((out / "report.json").read_text())  # written in full despite the failed gates
+    report, gates = _gate_values(out)  # written in full despite the failed gates
     assert report["gates_passed"] is False
-    assert {g["name"]: g["passed"] for g in report["gates"]} == {"max_accuracy_drop": False, "min_speedup": False}
+    assert {name: g["passed"] for name, g in gates.items()} == {
+        "max_accuracy_drop": False,
+        "min_speedup": False,
+        "max_size_mb": False,
+    }
+    assert gates["max_size_mb"]["value"] == (out / "model.onnx").stat().st_size / 1e6
     assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
     assert "Quality gates" in (out / "report.md").read_text()
-    err = capsys.readouterr().err
-    assert "gate failed: max_accuracy_drop" in err and "gate failed: min_speedup" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3  # one line per failed gate
+    assert all(f"gate failed: {name}" in line for name, line in zip(gates, err, strict=True))
 
 
 def test_bisection_finds_the_smallest_ratio_that_reaches_the_target():
@@ -125,16 +140,65 @@ def test_target_macs_ratio_picks_and_ships_the_smallest_ratio_that_meets_it(tmp_
     assert {v["ratio"] for v in report["variants"] if v["criterion"]} == {0.5, target["ratio"]}
 
 
-def test_speedup_search_times_candidates_against_the_original(digits_splits, digits_model):
+@pytest.fixture
+def macs_clock(monkeypatch):
+    """A noiseless clock for the speed-up search: an ONNX file takes 1 ms per million MACs of its graph, so
+    a speed-up is a quotient of MACs; every timing it gives is logged ({"o": original, "c": candidate})."""
+    import compress.targets
+    from compress.benchmark import LatencyRun
+    from compress.onnx_info import read_onnx_info
+
+    log = []
+
+    def measure(sessions, inputs, settings=None, device="cpu"):
+        ms = {name: read_onnx_info(path).macs / 1e6 for name, path in sessions.items()}
+        log.append(ms)
+        return LatencyRun({name: {f"batch_{b}": {"median_ms": t} for b in inputs} for name, t in ms.items()})
+
+    monkeypatch.setattr(compress.targets, "make_session", lambda path, *args, **kwargs: path)
+    monkeypatch.setattr(compress.targets, "measure_latency", measure)
+    return log
+
+
+def test_speedup_search_times_candidates_against_the_original(digits_splits, digits_model, macs_clock):
     example = digits_splits.example_batch(8)
-    images = example.numpy()
+    search = search_speedup(digits_model, example, example.numpy(), 1.5, protected=["fc"], round_to=4, steps=2)
+    assert search.kind == "speedup" and search.steps[0]["ratio"] == pytest.approx(0.1)
+    assert len(macs_clock) == len(search.steps)
+    for step, ms in zip(search.steps, macs_clock, strict=True):
+        assert ms["c"] < ms["o"]  # every candidate is a pruned, cheaper model
+        assert step["value"] == pytest.approx(ms["o"] / ms["c"])  # the original's time over the candidate's
+    assert search.reached and search.value >= 1.5
+    assert all(s["value"] < 1.5 for s in search.steps if s["ratio"] < search.ratio)  # the smallest ratio reaching it
+
+
+def test_speedup_search_runs_on_real_timings(digits_splits, digits_model):
+    example = digits_splits.example_batch(8)
     settings = LatencySettings(warmup=1, runs=3, min_seconds=0, window_seconds=0)
     search = search_speedup(
-        digits_model, example, images, 1.01, protected=["fc"], round_to=4, settings=settings, steps=2
+        digits_model, example, example.numpy(), 1.01, protected=["fc"], round_to=4, settings=settings, steps=1
     )
-    assert search.kind == "speedup" and search.steps[0]["ratio"] == pytest.approx(0.1)
     assert all(s["value"] > 0 for s in search.steps)
     assert search.reached == (search.value >= 1.01)
+
+
+def test_target_speedup_through_the_cli_prunes_and_ships_the_ratio_it_found(tmp_path, macs_clock):
+    out = tmp_path / "speedup"
+    args = ["run", "--out", str(out), "--ratios", "", "--criteria", "causal,l1", "--target-speedup", "1.5"]
+    args += ["--allocation", "uniform", "--calibration-size", "300"]  # one search: shapes do not depend on scores
+    assert main([*args, "--quiet", *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    target = report["target"]
+    assert (target["kind"], target["target"], target["reached"]) == ("speedup", 1.5, True)
+    assert len(target["steps"]) == len(macs_clock) and target["value"] >= 1.5
+    pruned = [v for v in report["variants"] if v["criterion"]]
+    assert sorted(v["criterion"] for v in pruned) == ["causal", "l1"]
+    assert {v["ratio"] for v in pruned} == {target["ratio"]}  # --ratios "": the ratio found alone
+    shipped = next(v for v in report["variants"] if v["name"] == report["chosen"]["variant"])
+    assert (shipped["criterion"], shipped["ratio"]) == ("causal", target["ratio"])
+    assert "target measured speed-up 1.5" in report["chosen"]["reason"]
+    # the shipped model is the searched shape: its MACs (counted by the run) promise the speed-up measured
+    assert shipped["macs_ratio"] == pytest.approx(1 / target["value"], rel=0.01)
 
 
 def test_targets_are_validated():
@@ -160,6 +224,38 @@ def test_ship_int8_ships_the_twin_within_tolerance_and_keeps_fp32_weights(tmp_pa
     assert report["chosen"]["variant"] == "causal-0.20-int8" and "INT8 twin" in report["chosen"]["reason"]
     assert (out / "model.onnx").read_bytes() == (out / "onnx" / "causal-0.20-int8.onnx").read_bytes()
     assert torch.load(out / "pruned.pt", weights_only=True)["variant"] == "causal-0.20"  # PyTorch runs fp32
+
+
+def _record(name, top1, ratio, criterion="causal", precision="fp32", parent=None):
+    return {"name": name, "criterion": criterion, "ratio": ratio, "precision": precision, "parent": parent,
+            "accuracy": {"top1": top1}}  # fmt: skip
+
+
+def test_the_most_pruned_ship_criterion_variant_within_the_tolerance_ships():
+    from compress.pipeline import choose_variant
+
+    records = [
+        _record("original", 95.0, 0.0, criterion=None),
+        _record("causal-0.20", 94.5, 0.2),
+        _record("causal-0.40", 94.1, 0.4),  # 0.9 points down: the most pruned within 1
+        _record("causal-0.50", 93.0, 0.5),  # 2 points down
+        _record("causal-0.60", 93.9, 0.6),  # 1.1 points down
+        _record("l1-0.80", 94.9, 0.8, criterion="l1"),  # within, but not the ship criterion
+        _record("causal-0.40-int8", 94.8, 0.4, precision="int8", parent="causal-0.40"),  # no --ship-int8
+    ]
+    config = RunConfig(ratios=(0.2, 0.4, 0.5, 0.6, 0.8), criteria=("causal", "l1")).validate()
+    chosen = choose_variant(records, config)
+    assert chosen["variant"] == "causal-0.40" and chosen["within_tolerance"] is True
+    assert "within 1 points" in chosen["reason"]
+    wider = RunConfig(ratios=config.ratios, criteria=config.criteria, accuracy_tolerance=1.5).validate()
+    assert choose_variant(records, wider)["variant"] == "causal-0.60"  # past a dip, the most pruned within
+    by_l1 = RunConfig(ratios=config.ratios, criteria=config.criteria, ship_criterion="l1").validate()
+    assert choose_variant(records, by_l1)["variant"] == "l1-0.80"
+    # none within the tolerance: the least pruned ships, and the report says so
+    strict = RunConfig(ratios=config.ratios, criteria=config.criteria, accuracy_tolerance=0.1).validate()
+    chosen = choose_variant(records, strict)
+    assert chosen["variant"] == "causal-0.20" and chosen["within_tolerance"] is False
+    assert chosen["reason"].startswith("no causal variant is within 0.1 points")
 
 
 def test_choose_variant_keeps_fp32_when_the_int8_twin_falls_outside_the_tolerance():

@@ -59,6 +59,7 @@ def test_the_seeds_example_runs_with_only_the_import_changed(channels, tmp_path)
     ]
     baseline_acc = explainer.evaluate_model(explainer.model, test_loader)
     pruned = explainer.prune_filters_by_importance(percent)
+    removed = explainer.pruned_filters_
     pruned_random = explainer.prune_random_filters(percent)
 
     assert matplotlib.get_backend().lower() == "agg" and all(isinstance(f, Figure) for f in figures)
@@ -70,7 +71,14 @@ def test_the_seeds_example_runs_with_only_the_import_changed(channels, tmp_path)
     assert filter_importances[3].std() > 0  # the last conv layer is scored (its child is the classifier)
     assert 0.0 <= baseline_acc <= 1.0
     assert pruned[3].out_channels == 12 and pruned_random[3].out_channels == 12  # 16 filters, 25% removed
-    assert len(explainer.pruned_filters_["3"]) == 4
+    assert len(removed["3"]) == 4 and len(explainer.pruned_filters_["3"]) == 4
+    # importance pruning removes each layer's lowest-scored filters (ties may go either way); random does not
+    scores = explainer.get_filter_importances_by_name()
+    assert set(removed) == {"0", "3", "6", "9"}  # every conv layer, the last one (read by the classifier) too
+    for layer, gone in removed.items():
+        kept = np.setdiff1d(np.arange(len(scores[layer])), gone)
+        assert scores[layer][gone].max() <= scores[layer][kept].min(), layer
+    assert explainer.pruned_filters_ != removed
     assert pruned(sample_image).shape == (32, 3)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

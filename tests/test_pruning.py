@@ -6,7 +6,7 @@ from builders import Depthwise, OptionAResNet, batches, randomise_batchnorm
 
 from compress import CausalScorer, prune
 from compress.benchmark import make_session
-from compress.criteria import CausalImportance, SeededRandomImportance, l1_importance
+from compress.criteria import SeededRandomImportance, importance_factory, l1_importance
 from compress.errors import CompressWarning, PruningError
 from compress.export import check_parity, export_onnx
 from compress.pruning import count_macs_params, layer_widths, output_layer_names
@@ -35,8 +35,14 @@ def test_channels_are_physically_removed_and_the_classifier_kept():
 
 def test_round_to_keeps_channel_counts_multiples():
     model = randomise_batchnorm(DigitsCNN())
-    result = prune(model, lambda m: l1_importance(), 0.1, torch.randn(4, 1, 8, 8), round_to=8)
-    assert all(w % 8 == 0 for name, w in layer_widths(result.model).items() if name != "fc")
+    x = torch.randn(4, 1, 8, 8)
+    # the digits widths (32, 64, 128, 128) are multiples of 8 already: only exact widths show a prune happened
+    result = prune(model, lambda m: l1_importance(), 0.1, x, round_to=8)
+    assert layer_widths(result.model) == {"conv1": 24, "conv2": 56, "conv3": 112, "conv4": 112, "fc": 10}
+    # int(0.9 C) rounded down to 8; without rounding the counts are odd
+    unrounded = prune(model, lambda m: l1_importance(), 0.1, x, round_to=1)
+    assert layer_widths(unrounded.model) == {"conv1": 28, "conv2": 57, "conv3": 115, "conv4": 115, "fc": 10}
+    assert result.model(x).shape == (4, 10)
 
 
 def test_random_pruning_is_reproducible_per_seed():
@@ -52,7 +58,7 @@ def test_causal_pruning_removes_the_lowest_scored_channels():
     model = randomise_batchnorm(DigitsCNN())
     data = batches(shape=(1, 8, 8))
     scorer = CausalScorer().fit(model, data)
-    result = prune(model, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.25, data[0][0])
+    result = prune(model, importance_factory("causal", scorer), 0.25, data[0][0])
     removed = result.pruned_channels()
     for layer, scores in scorer.importances_.items():
         kept = [i for i in range(len(scores)) if i not in set(removed[layer])]
@@ -80,7 +86,7 @@ def test_resnet18_prunes_exports_and_matches_pytorch(tmp_path):
     model = randomise_batchnorm(torchvision.models.resnet18(num_classes=10))
     data = batches(n=32, shape=(3, 32, 32), classes=10)
     scorer = CausalScorer().fit(model, data)
-    result = prune(model, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.3, data[0][0])
+    result = prune(model, importance_factory("causal", scorer), 0.3, data[0][0])
     widths = layer_widths(result.model)
     assert widths["layer1.0.conv1"] < 64 and widths["fc"] == 10
     exported = export_onnx(result.model, data[0][0], tmp_path / "r18.onnx")
@@ -96,7 +102,7 @@ def test_depthwise_channels_are_scored_downstream_and_pruned_together(tmp_path):
     scorer = CausalScorer().fit(model, data)
     conv_group = next(g for g in scorer.graph_.groups if g.root == "conv")
     assert [name for name, _, _ in conv_group.links] == ["pw"]  # through the depthwise conv to its consumer
-    result = prune(model, lambda m: CausalImportance(scorer.consumer_importances_, m), 0.5, data[0][0])
+    result = prune(model, importance_factory("causal", scorer), 0.5, data[0][0])
     assert (result.model.dw.in_channels, result.model.dw.groups, result.model.pw.in_channels) == (4, 4, 4)
     session = make_session(export_onnx(result.model, data[0][0], tmp_path / "dw.onnx").path)
     assert check_parity(session, result.model, data[1][0], tolerance=1e-4).max_abs_diff <= 1e-4

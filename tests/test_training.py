@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-from builders import TwoConv
+from builders import FlattenHead, TwoConv
 from PIL import Image
 from torch.utils.data import TensorDataset
 
@@ -34,15 +37,41 @@ def test_schedules_start_at_lr_and_follow_their_shape():
     assert learning_rate(TrainSettings(lr=0.1, schedule="constant"), 99, 100) == 0.1
 
 
+def _placements(out: torch.Tensor, image: torch.Tensor, pad: int) -> list[tuple[int, int, bool]]:
+    """Every (dy, dx, flipped) whose crop of the zero-padded `image` equals `out`."""
+    padded = F.pad(image, (pad, pad, pad, pad))
+    height, width = image.shape[-2:]
+    found = []
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[:, dy : dy + height, dx : dx + width]
+            found += [(dy, dx, False)] if torch.equal(out, crop) else []
+            found += [(dy, dx, True)] if torch.equal(out, crop.flip(-1)) else []
+    return found
+
+
 def test_augmentation_keeps_shapes_and_is_seeded():
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    # distinct non-zero values: each output image matches exactly one placement (shift, flip) of its input
+    images = torch.arange(1, 32 * 3 * 8 * 8 + 1, dtype=torch.float32).reshape(32, 3, 8, 8)
     a = augment_batch(images, "crop-flip", torch.Generator().manual_seed(1))
     b = augment_batch(images, "crop-flip", torch.Generator().manual_seed(1))
     assert a.shape == images.shape and torch.equal(a, b)
+    assert not torch.equal(a, augment_batch(images, "crop-flip", torch.Generator().manual_seed(2)))
     assert torch.equal(augment_batch(images, "none", torch.Generator()), images)
-    # a crop only moves the image: every non-padding value comes from the original at the same row order
+    pad = 1  # 1/8 of the side
     crop = augment_batch(images, "crop", torch.Generator().manual_seed(3))
-    assert set(crop[crop != 0].tolist()) <= set(images.flatten().tolist())
+    crops = [_placements(crop[i], images[i], pad) for i in range(32)]
+    assert all(len(p) == 1 and not p[0][2] for p in crops)  # a shifted copy of its own image, never flipped
+    assert sum(p[0][:2] != (pad, pad) for p in crops) >= 16  # most moved: the crop is not a no-op
+    flipped = [_placements(a[i], images[i], pad) for i in range(32)]
+    assert all(len(p) == 1 for p in flipped)
+    flips = [p[0][2] for p in flipped]
+    assert 8 <= sum(flips) <= 24  # about half the images are mirrored, the others not
+    i = flips.index(True)
+    dy, dx, _ = flipped[i][0]
+    # a flipped image's rows are its crop's rows reversed
+    row = F.pad(images[i], (pad,) * 4)[:, dy + 3, dx : dx + 8]
+    assert torch.equal(a[i, :, 3], row.flip(-1))
 
 
 def test_distillation_loss_mixes_soft_and_hard_targets():
@@ -79,6 +108,22 @@ def test_train_lowers_the_loss_and_is_repeatable():
     assert not first.training  # handed back in eval mode
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_weight_decay_skips_biases_and_norms():
+    # one full-batch step with and without decay: only conv and linear weights may move differently
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 3, 4, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator))
+    torch.manual_seed(0)
+    start = FlattenHead()  # conv with bias -> batch norm -> linear with bias
+    stepped = {}
+    for decay in (0.0, 0.5):
+        model = copy.deepcopy(start)
+        settings = TrainSettings(epochs=1, lr=0.1, batch_size=16, weight_decay=decay, augment="none")
+        train(model, data, settings)
+        stepped[decay] = dict(model.named_parameters())
+    changed = {name for name, p in stepped[0.5].items() if not torch.equal(p, stepped[0.0][name])}
+    assert changed == {"conv.weight", "fc.weight"}  # conv.bias, bn.weight, bn.bias, fc.bias: no decay
 
 
 def test_distillation_leaves_the_teacher_alone():
@@ -205,3 +250,67 @@ def test_diverging_finetuning_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2
     assert "lower the learning rate (--finetune-lr)" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+class _TinyDigits(nn.Module):
+    """A model small enough to train on the digits in a second."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 4, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+
+@pytest.fixture
+def tiny_digits():
+    from compress.zoo import _REGISTRY, ModelSpec, register_model
+
+    spec = register_model(ModelSpec("test-tiny-digits", _TinyDigits, (1, 8, 8), (0.3056,), (0.3761,)))
+    yield spec
+    del _REGISTRY[spec.name]
+
+
+def _train_script():
+    """scripts/train.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("compress_scripts_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_script_writes_a_checkpoint_that_loads_and_a_card_that_describes_it(
+    tmp_path, capsys, tiny_digits, digits_splits
+):
+    from compress import load_model
+    from compress.artifacts import sha256
+    from compress.evaluation import evaluate
+
+    script = _train_script()
+    out = tmp_path / "tiny.pt"
+    args = ["--model", tiny_digits.name, "--data", "digits", "--epochs", "2", "--lr", "0.2", "--batch-size", "64"]
+    args += ["--out", str(out)]
+    assert script.cli(args) == 0
+    printed = capsys.readouterr().out
+    state = torch.load(out, weights_only=True)  # a plain state dict
+    assert state.keys() == _TinyDigits().state_dict().keys()
+    loaded = load_model(tiny_digits, out, num_classes=10).model  # as `compress run --weights` loads it
+    assert all(torch.equal(value, state[name]) for name, value in loaded.state_dict().items())
+    top1 = evaluate(loaded, digits_splits.loader("evaluation", 256))["top1"]
+    assert top1 > 30.0  # it learned something: chance is 10%
+    card = out.with_suffix(".md").read_text()
+    assert f"top-1 {top1:.2f}%" in printed and f"**top-1 {top1:.2f}%**" in card  # the checkpoint's own accuracy
+    assert f"`{sha256(out)}`" in card
+    assert "trained on all 1257 images" in card and "2 epochs" in card
+    assert "weight decay 0.0005 (not on biases and batch-norm)" in card
+    assert len(card.split("Per-epoch mean training loss: ")[1].strip(".\n").split(", ")) == 2
+    # an existing checkpoint is refused before training: one line, exit 2, the file as it was
+    before = out.read_bytes()
+    assert script.cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error:") and "already exists" in err[0]
+    assert out.read_bytes() == before

@@ -12,20 +12,28 @@ def _save(path, obj):
 
 
 def test_shipped_default_loads_and_is_accurate(digits_splits):
+    from compress.artifacts import sha256
     from compress.evaluation import evaluate
 
-    loaded = load_model(get_spec("digits-cnn"), num_classes=10)
-    assert loaded.weights_sha256 and len(loaded.weights_sha256) == 64
+    spec = get_spec("digits-cnn")
+    loaded = load_model(spec, num_classes=10)
+    assert loaded.weights_sha256 == sha256(spec.default_weights)  # the file's own digest
+    state = read_state_dict(spec.default_weights)
+    assert all(torch.equal(value, state[name]) for name, value in loaded.model.state_dict().items())
+    assert loaded.model(digits_splits.example_batch(5)).shape == (5, 10)
     accuracy = evaluate(loaded.model, digits_splits.loader("evaluation", 256))["top1"]
     assert accuracy >= 97.0
 
 
 def test_state_dict_layouts_are_unwrapped(tmp_path):
+    torch.manual_seed(0)
     state = DigitsCNN().state_dict()
     plain = read_state_dict(_save(tmp_path / "a.pt", state))
     nested = read_state_dict(_save(tmp_path / "b.pt", {"state_dict": state, "epoch": 3}))
     parallel = read_state_dict(_save(tmp_path / "c.pt", {"model": {f"module.{k}": v for k, v in state.items()}}))
-    assert plain.keys() == nested.keys() == parallel.keys() == state.keys()
+    for read in (plain, nested, parallel):
+        assert read.keys() == state.keys()
+        assert all(torch.equal(read[k], v) for k, v in state.items())  # the tensors themselves, not just names
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
@@ -50,10 +58,15 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 
 def test_pickled_model_needs_trust(tmp_path):
     spec = get_spec("digits-cnn")
-    path = _save(tmp_path / "whole.pt", DigitsCNN())
+    torch.manual_seed(0)
+    whole = DigitsCNN().eval()
+    path = _save(tmp_path / "whole.pt", whole)
     with pytest.raises(ModelError, match="--trust-checkpoint"):
         load_model(spec, path)
-    assert isinstance(load_model(spec, path, trust_checkpoint=True).model, nn.Module)
+    loaded = load_model(spec, path, trust_checkpoint=True).model
+    assert isinstance(loaded, nn.Module)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(loaded.eval()(x), whole(x), rtol=0, atol=0)
 
 
 def test_weights_that_do_not_fit_are_named(tmp_path):
@@ -84,11 +97,19 @@ def test_cifar_resnet_loads_community_checkpoint_layout(tmp_path):
     from compress.cifar_resnet import CifarResNet
 
     # As saved by nn.DataParallel on an old PyTorch: "module." prefixes, no num_batches_tracked.
-    state = {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items() if "num_batches" not in k}
+    torch.manual_seed(0)
+    source = CifarResNet(20).eval()
+    state = {f"module.{k}": v for k, v in source.state_dict().items() if "num_batches" not in k}
     path = _save(tmp_path / "resnet20.th", {"state_dict": state, "best_prec1": 91.7})
-    loaded = load_model(get_spec("cifar_resnet20"), path, num_classes=10)
-    assert loaded.model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    loaded = load_model(get_spec("cifar_resnet20"), path, num_classes=10).model
+    for name, value in loaded.state_dict().items():
+        if "num_batches" not in name:
+            assert torch.equal(value, state[f"module.{name}"]), name
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
+    assert loaded(x).shape == (2, 10)
     option_b = {f"module.{k}": v for k, v in CifarResNet(20, shortcut="B").state_dict().items()}
     with pytest.raises(ModelError, match=r"unexpected keys \[layer2.0.shortcut.0.weight"):
         load_model(get_spec("cifar_resnet20"), _save(tmp_path / "b.th", {"state_dict": option_b}), num_classes=10)
-    assert load_model(get_spec("cifar_resnet20_b"), tmp_path / "b.th", num_classes=10).model is not None
+    option_b_model = load_model(get_spec("cifar_resnet20_b"), tmp_path / "b.th", num_classes=10).model
+    assert all(torch.equal(v, option_b[f"module.{k}"]) for k, v in option_b_model.state_dict().items())
