@@ -69,14 +69,13 @@ def plan_keep(
     if plan.allocation == "uniform":
         return {root: uniform_keep(original.get(root, len(s)), fraction, round_to) for root, s in scores.items()}
     current = {root: len(s) for root, s in scores.items()}
-    total = sum(original.get(root, current[root]) for root in scores)
-    gone = sum(original.get(root, current[root]) - current[root] for root in scores)
-    more = max(0.0, (fraction * total - gone) / max(1, sum(current.values())))
-    floor = {root: original.get(root, current[root]) - int(max_fraction * original.get(root, current[root]))
-             for root in scores}  # fmt: skip
+    widths = {root: original.get(root, current[root]) for root in scores}  # before the first step
+    gone = sum(widths[root] - current[root] for root in scores)
+    # what is still to go, as a fraction of the channels left; no group below its floor of the original
+    more = max(0.0, (fraction * sum(widths.values()) - gone) / max(1, sum(current.values())))
+    floor = {root: widths[root] - int(max_fraction * widths[root]) for root in scores}
     caps = {root: max(0.0, 1.0 - floor[root] / current[root]) for root in scores}
-    kept = global_keep(scores, more, round_to=round_to, max_fraction=1.0, caps=caps)
-    return kept
+    return global_keep(scores, more, round_to=round_to, max_fraction=1.0, caps=caps)
 
 
 def execute_plan(
