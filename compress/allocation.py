@@ -29,13 +29,17 @@ DEFAULT_MAX_FRACTION = 0.9
 
 def uniform_keep(channels: int, ratio: float, round_to: int | None) -> int:
     """Channels a group of `channels` keeps when it loses `ratio` of them: the floor of what is left,
-    rounded down to a multiple of `round_to`, but never below `round_to` (a group is never emptied;
-    one narrower than `round_to` is left whole)."""
+    rounded as `rounded_width` does."""
+    return rounded_width(channels, int(channels * (1.0 - ratio)), round_to)
+
+
+def rounded_width(channels: int, left: int, round_to: int | None) -> int:
+    """`left` of a group's `channels` rounded down to a multiple of `round_to`, but never below
+    `round_to` (a group is never emptied; one narrower than `round_to` is left whole)."""
     unit = round_to if round_to and round_to > 1 else 1
     if channels <= unit:
         return channels
-    kept = int(channels * (1.0 - ratio))
-    return max(unit, kept - kept % unit)
+    return max(unit, left - left % unit)
 
 
 def normalise_scores(scores: np.ndarray, how: str) -> np.ndarray:
@@ -75,9 +79,4 @@ def global_keep(
         if removed[root] < limit[root]:
             removed[root] += 1
             budget -= 1
-    unit = round_to if round_to and round_to > 1 else 1
-    kept = {}
-    for root in roots:
-        left = widths[root] - removed[root]
-        kept[root] = widths[root] if widths[root] <= unit else max(unit, left - left % unit)
-    return kept
+    return {root: rounded_width(widths[root], widths[root] - removed[root], round_to) for root in roots}

@@ -122,5 +122,16 @@ class RandomScorer(_GroupScorer):
         self.seed = seed
 
     def _importance(self, model, batches):
-        generator = torch.Generator().manual_seed(self.seed)
-        return lambda group: torch.rand(len(group[0].idxs), generator=generator)
+        return SeededRandomImportance(self.seed)
+
+
+class SeededRandomImportance(tp.importance.Importance):
+    """Uniform random scores from a private generator: the same seed ranks channels the same way."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        return torch.rand(len(group[0].idxs), generator=self.generator)

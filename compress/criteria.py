@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .baselines import MAGNITUDES, MagnitudeScorer, RandomScorer, TaylorScorer
+from .baselines import MAGNITUDES, MagnitudeScorer, RandomScorer, SeededRandomImportance, TaylorScorer
 from .causal.graph import group_root
 from .causal.intervention import InterventionScorer
 from .causal.reference import ReferenceCausalScorer
@@ -117,18 +117,6 @@ class GroupScoreImportance(tp.importance.Importance):
         if scores is None or len(scores) != len(group[0].idxs):
             return None  # nothing scored this group: torch-pruning leaves it unpruned
         return scores.float()
-
-
-class SeededRandomImportance(tp.importance.Importance):
-    """Uniform random scores from a private generator: the same seed ranks channels the same way."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
-
-    @torch.no_grad()
-    def __call__(self, group) -> torch.Tensor:
-        return torch.rand(len(group[0].idxs), generator=self.generator)
 
 
 def l1_importance() -> tp.importance.Importance:
