@@ -17,7 +17,7 @@ import warnings
 import click
 
 from . import __version__
-from .allocation import ALLOCATIONS
+from .allocation import ALLOCATIONS, NORMALISATIONS
 from .artifacts import remove_unfinished
 from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
@@ -291,7 +291,8 @@ _model_and_data_options = _options(
     type=_CommaList(float),
     default=",".join(map(str, DEFAULT_RATIOS)),
     show_default=True,
-    help="Pruning ratios: the fraction of channels removed from every prunable group.",
+    help="Pruning amounts: with --allocation global the fraction of the model's MACs removed, with uniform "
+    "the fraction of channels removed from every prunable group.",
 )
 @click.option(
     "--criteria",
@@ -314,8 +315,9 @@ _model_and_data_options = _options(
     type=click.Choice(ALLOCATIONS),
     default="global",
     show_default=True,
-    help="global: all groups' channels ranked together on scores divided by their group's mean, --ratios "
-    "the fraction of all channels removed; uniform: every group loses the same fraction.",
+    help="global: all groups' channels ranked together on scores divided by their group's mean until "
+    "--ratios of the MACs are gone (every criterion at equal cost); uniform: every group loses the same "
+    "fraction of its channels.",
 )
 @click.option(
     "--steps",
@@ -330,6 +332,14 @@ _model_and_data_options = _options(
     show_default=True,
     type=float,
     help="Global allocation removes at most this fraction of any one group's channels.",
+)
+@click.option(
+    "--group-normalisation",
+    type=click.Choice(NORMALISATIONS),
+    default="mean",
+    show_default=True,
+    help="Global allocation: divide each group's scores by their mean (or its square root, so a group's "
+    "overall level counts in part; or the max; or nothing) before ranking all groups together.",
 )
 @click.option(
     "--no-recalibrate",

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 import onnx
 
-from .allocation import ALLOCATIONS
+from .allocation import ALLOCATIONS, NORMALISATIONS
 from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
@@ -60,9 +60,11 @@ class RunConfig:
     intervention_images: int = 128
     effect_images: int = 512  # images the causal (total-effect) criterion measures on
     round_to: int | None = 4  # kept channels a multiple of 4: odd counts ran 2.7x slower (BENCHMARKS.md)
-    allocation: str = "global"  # how the amount is spread over the groups (compress.allocation)
+    allocation: str = "global"  # how the amount is spread over the groups (compress.allocation); with
+    # global allocation a ratio is the share of MACs removed, with uniform the share of each group's channels
     steps: int = 1  # reach the amount in this many steps, re-estimating batch norm and re-scoring between
     max_group_ratio: float = 0.9  # global allocation takes at most this fraction of one group's channels
+    group_normalisation: str = "mean"  # global allocation: how each group's scores are scaled (compress.allocation)
     recalibrate: bool = True
     # fine-tuning of every pruned variant, random baselines included (0 epochs: none), on training
     # images disjoint from calibration and evaluation; with distill, the original is the teacher
@@ -125,6 +127,10 @@ class RunConfig:
         _positive_int("steps", self.steps)
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.group_normalisation not in NORMALISATIONS:
+            raise ConfigError(
+                f"group_normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.group_normalisation!r}"
+            )
         if not 0 < self.max_group_ratio < 1:
             raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
         _positive_int("intervention_images", self.intervention_images)

@@ -44,7 +44,7 @@ from .quantize import quantize_int8
 from .recovery import recalibrate_batchnorm
 from .report import summarise_by_ratio, write_plots, write_report_md
 from .serialization import save_importances, save_pruned
-from .targets import TargetSearch, search_macs_ratio, search_speedup
+from .targets import TargetSearch, global_macs_target, search_macs_ratio, search_speedup
 from .training import train
 from .zoo import LoadedModel, check_model_accepts, get_spec, load_model
 
@@ -96,7 +96,7 @@ def plan_variants(config: RunConfig, targets: Mapping[str, TargetSearch] | None 
     for amount in amounts:
         for criterion in config.criteria:
             if amount not in config.ratios and targets[criterion].ratio != amount:
-                continue  # another criterion's target (global allocation finds one per criterion)
+                continue  # another criterion's target (a speed-up search with global allocation: one each)
             seeds = config.random_seed_list() if criterion == "random" else [None]
             plans.extend(PruningPlan(criterion, amount, config.allocation, config.steps, seed) for seed in seeds)
     return plans
@@ -254,6 +254,8 @@ def _search_target(config: RunConfig, inputs: _Inputs, scores: Mapping[str, np.n
             ).model
 
     common = {"protected": inputs.protected, "round_to": config.round_to, "shape": shape}
+    if config.target_macs_ratio is not None and shape is not None:
+        return global_macs_target(inputs.model, inputs.example, config.target_macs_ratio, shape)
     if config.target_macs_ratio is not None:
         return search_macs_ratio(inputs.model, inputs.example, config.target_macs_ratio, **common)
     images = inputs.eval_images[: config.latency_batch].numpy()
@@ -269,7 +271,12 @@ def _search_target(config: RunConfig, inputs: _Inputs, scores: Mapping[str, np.n
 
 
 def _pruning_settings(config: RunConfig, inputs: _Inputs) -> dict[str, Any]:
-    return {"protected": inputs.protected, "round_to": config.round_to, "max_fraction": config.max_group_ratio}
+    return {
+        "protected": inputs.protected,
+        "round_to": config.round_to,
+        "max_fraction": config.max_group_ratio,
+        "normalise": config.group_normalisation,
+    }
 
 
 def _build_variants(
@@ -591,7 +598,7 @@ def _assemble_report(
         "summary": summarise_by_ratio(records, config.criteria),
         "chosen": chosen,
         "target": target.as_dict() if target else None,
-        # with global allocation each criterion's shapes differ, so each searched its own amount
+        # with global allocation each criterion has its own target record (a speed-up search is its own)
         "targets": {c: t.as_dict() for c, t in targets.items()} if targets and config.allocation != "uniform" else None,
         "gates": gates,
         "gates_passed": all(g["passed"] for g in gates),
@@ -643,7 +650,9 @@ def choose_variant(
     if target is not None:
         pick = next(v for v in candidates if v["ratio"] == target.ratio)
         what = "MACs ratio" if target.kind == "macs_ratio" else "measured speed-up"
-        if target.reached:
+        if target.reached and not target.searched:
+            found = f"global allocation removed {target.ratio:g} of the MACs ({what} {target.value:.3f})"
+        elif target.reached:
             found = f"{target.ratio:g} is the smallest pruning ratio that reaches it ({what} {target.value:.3f})"
         else:
             found = f"not reached: even pruning ratio {target.ratio:g} gave {what} {target.value:.3f}"

@@ -2,7 +2,10 @@
 in how many steps. The pruning stage executes plans; the pipeline only lists them.
 
 One step scores the model, allocates kept widths (compress.allocation) and removes each group's
-lowest-scored channels (compress.pruning). With `steps` > 1 the amount is reached in equal steps:
+lowest-scored channels (compress.pruning). With uniform allocation the amount is the share of every
+group's channels removed; with global allocation it is the share of the model's MACs removed (the
+shapes follow the scores, so this is what makes criteria comparable at one amount: every one costs
+the same, compress.costs). With `steps` > 1 the amount is reached in equal steps:
 after each one the batch norms are re-estimated and the criterion is fitted again on the smaller
 model (the causal calibration is one cheap pass), so later steps see the model they prune. Every
 criterion follows the same schedule.
@@ -19,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .allocation import ALLOCATIONS, DEFAULT_MAX_FRACTION, global_keep, uniform_keep
+from .allocation import ALLOCATIONS, DEFAULT_MAX_FRACTION, budget_keep, uniform_keep
+from .costs import MacsModel
 from .criteria import GroupScoreImportance
 from .errors import CompressWarning
 from .pruning import PruneResult, group_widths, prune
@@ -31,7 +35,7 @@ ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
 @dataclass(frozen=True)
 class PruningPlan:
     """`amount`: with uniform allocation the fraction of every group's channels removed; with global
-    allocation the fraction of all prunable channels. `seed` names a random baseline."""
+    allocation the fraction of the model's MACs removed. `seed` names a random baseline."""
 
     criterion: str
     amount: float
@@ -63,19 +67,33 @@ def plan_keep(
     original: Mapping[str, int],
     round_to: int | None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
+    costs: MacsModel | None = None,
+    original_macs: float | None = None,
+    normalise: str = "mean",
 ) -> dict[str, int]:
-    """Kept widths after removing `fraction` of the original model's channels (uniform: of each group's;
-    global: of all of them), the current model's channels ranked by `scores`."""
+    """Kept widths after removing `fraction` (uniform: of each group's original channels; global: of
+    the original model's MACs, `original_macs`), the current model's channels ranked by `scores` and
+    its MACs predicted by `costs`."""
     if plan.allocation == "uniform":
         return {root: uniform_keep(original.get(root, len(s)), fraction, round_to) for root, s in scores.items()}
+    if costs is None or original_macs is None:
+        raise ValueError("global allocation needs the current model's costs and the original MACs")
     current = {root: len(s) for root, s in scores.items()}
     widths = {root: original.get(root, current[root]) for root in scores}  # before the first step
-    gone = sum(widths[root] - current[root] for root in scores)
-    # what is still to go, as a fraction of the channels left; no group below its floor of the original
-    more = max(0.0, (fraction * sum(widths.values()) - gone) / max(1, sum(current.values())))
+    # no group below its floor of the original width, whatever the step
     floor = {root: widths[root] - int(max_fraction * widths[root]) for root in scores}
     caps = {root: max(0.0, 1.0 - floor[root] / current[root]) for root in scores}
-    return global_keep(scores, more, round_to=round_to, max_fraction=1.0, caps=caps)
+    budget = (1.0 - fraction) * original_macs
+    keep = budget_keep(scores, costs.macs, budget, round_to=round_to, max_fraction=1.0, normalise=normalise, caps=caps)
+    if costs.macs(keep) > budget:
+        reached = 1.0 - costs.macs(keep) / original_macs
+        warnings.warn(
+            f"global allocation removes only {reached:.2f} of the MACs, not {fraction:.2f}: no group may lose "
+            f"more than {max_fraction:g} of its channels (--max-group-ratio)",
+            CompressWarning,
+            stacklevel=3,
+        )
+    return keep
 
 
 def execute_plan(
@@ -89,13 +107,16 @@ def execute_plan(
     recalibrate: Callable[[nn.Module], None] | None = None,
     scores: Mapping[str, np.ndarray] | None = None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
+    normalise: str = "mean",
 ) -> PruneResult:
     """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scores`, if
     given, are its scores on `model` (the first step then skips a fit). `recalibrate` re-estimates the
-    batch norms between steps; `max_fraction` caps what global allocation takes from one group. The
-    caller's model is not changed."""
+    batch norms between steps; `max_fraction` caps what global allocation takes from one group and
+    `normalise` puts the groups' scores on one scale (compress.allocation). The caller's model is not
+    changed."""
     start = time.perf_counter()
     original = group_widths(model, example_inputs, protected)
+    original_macs = None
     current, history, kept_unpruned = model, [], {}
     for step in range(1, plan.steps + 1):
         step_scores = scores if step == 1 and scores is not None else score(current)
@@ -106,7 +127,21 @@ def execute_plan(
                 f"{plan.criterion} gives no scores to group(s) {shown}: kept whole", CompressWarning, stacklevel=2
             )
         fraction = plan.amount * step / plan.steps
-        keep = plan_keep(plan, step_scores, fraction, original=original, round_to=round_to, max_fraction=max_fraction)
+        costs = None
+        if plan.allocation == "global":
+            costs = MacsModel(current, example_inputs, protected)
+            original_macs = original_macs or costs.total_
+        keep = plan_keep(
+            plan,
+            step_scores,
+            fraction,
+            original=original,
+            round_to=round_to,
+            max_fraction=max_fraction,
+            costs=costs,
+            original_macs=original_macs,
+            normalise=normalise,
+        )
         result = prune(
             current,
             lambda m, s=step_scores: GroupScoreImportance(s, m),

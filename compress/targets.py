@@ -1,9 +1,11 @@
 """Pick the pruning amount from what the user wants to ship: a MACs budget or a measured speed-up.
 
-Both searches bisect the pruning amount. With uniform allocation the pruned shape at a ratio does not
-depend on which channels go, only on how many, so the search prunes by magnitude (no scoring) and the
-run then prunes at the found ratio with every criterion, as at any other ratio; with global
-allocation the shapes follow each criterion's scores, and the run searches once per criterion.
+With global allocation the amount is a share of the MACs (compress.plans), so a MACs budget needs
+no search: the amount is what must go (`global_macs_target`), measured once per criterion.
+Otherwise the searches bisect the pruning amount. With uniform allocation the pruned shape at a ratio
+does not depend on which channels go, only on how many, so the search prunes by magnitude (no
+scoring) and the run then prunes at the found ratio with every criterion, as at any other ratio; with
+global allocation the speed-up search runs once per criterion, on its own shapes.
 MACs fall in steps as the amount grows (channel rounding), and measured latency is noisy (rounding,
 kernel choice), so the search walks a grid of amounts upward to the first that reaches the target
 and bisects between it and the grid point below; the speed-up search times each candidate against
@@ -47,6 +49,7 @@ class TargetSearch:
     value: float  # the measured MACs ratio or speed-up at `ratio`
     reached: bool
     steps: list[dict[str, float]] = field(default_factory=list)
+    searched: bool = True  # False: the amount follows from the target (a MACs budget, global allocation)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,6 +121,16 @@ def search_macs_ratio(
     ratio, value, reached, steps = bisect_ratio(macs_ratio, lambda v: v - target)
     log.info("target MACs ratio %.3f: pruning ratio %.3f gives %.3f", target, ratio, value)
     return TargetSearch("macs_ratio", target, ratio, value, reached, steps)
+
+
+def global_macs_target(model: nn.Module, example: torch.Tensor, target: float, shape: Shape) -> TargetSearch:
+    """The amount that keeps `target` of the MACs under global allocation (1 - target, by construction),
+    with the MACs measured on the criterion's pruned model (`shape`)."""
+    amount = round(1.0 - target, 6)
+    value = count_macs_params(shape(amount), example)[0] / count_macs_params(model, example)[0]
+    log.info("target MACs ratio %.3f: global allocation at amount %.3f gives %.3f", target, amount, value)
+    reached = value <= target + 1e-9
+    return TargetSearch("macs_ratio", target, amount, value, reached, [{"ratio": amount, "value": value}], False)
 
 
 def search_speedup(

@@ -5,9 +5,10 @@
 
 Matched MACs (`--targets`): for every model, criterion, allocation and schedule, the pruning amount
 that removes the target share of MACs is found by the target search (uniform allocation: one search,
-its shapes do not depend on the scores; global allocation: one search per criterion on its own
-shapes), so every row compares models of equal cost. One-shot (or `--steps`) pruning, channel
-rounding `--round-to`, top-1 after batch-norm re-estimation; random with `--random-seeds` seeds.
+its shapes do not depend on the scores; global allocation: its amount is the share of MACs removed,
+spent exactly by compress.allocation.budget_keep), so every row compares models of equal cost.
+One-shot (or `--steps`) pruning, channel rounding `--round-to`, top-1 after batch-norm re-estimation;
+random with `--random-seeds` seeds.
 `--plot` draws top-1 against MACs kept for every model (the Pareto picture).
 
 Exact ratios (no `--targets`): for every model, calibration on `--calibration-size` training images,
@@ -314,8 +315,12 @@ class Subject:
 
     def __init__(self, item: str, args):
         name, _, rest = item.partition("=")
+        rest, _, size = rest.partition("#")  # NAME=WEIGHTS@DATA#SIZE: an image size other than the spec's
         weights, _, data = rest.partition("@")
         self.spec = get_spec(name)
+        if size:
+            channels = self.spec.input_size[0]
+            self.spec = dataclasses.replace(self.spec, input_size=(channels, int(size), int(size)))
         self.name = name
         self.weights = weights or None
         loaded = load_model(self.spec, self.weights, 10)
@@ -382,6 +387,7 @@ def run_matched(item: str, args) -> dict:
         for criterion in args.criteria
         for seed in (range(args.random_seeds) if criterion == "random" else [None])
         if not (criterion == "random" and allocation != "uniform")  # random scores allocate at random
+        and (steps == 1 or allocation in args.steps_allocations)
     ]
     uniform_amounts = {}
     for target, allocation, steps, criterion, seed in progress(jobs, desc=subject.name, unit="variant"):
@@ -391,8 +397,8 @@ def run_matched(item: str, args) -> dict:
             if target not in uniform_amounts:
                 uniform_amounts[target] = search_amount(subject, plan, first, target, args.round_to)[0]
             amount = uniform_amounts[target]
-        else:
-            amount = search_amount(subject, plan, first, target, args.round_to)[0]
+        else:  # global allocation's amount is the share of MACs removed: matched by construction
+            amount = round(1.0 - 1.0 / target, 6)
         start = time.perf_counter()
         pruned = execute_plan(
             subject.model,
@@ -403,6 +409,7 @@ def run_matched(item: str, args) -> dict:
             round_to=args.round_to,
             recalibrate=lambda m: recalibrate_batchnorm(m, subject.calibration),
             scores=first,
+            normalise=args.group_normalisation,
         )
         recalibrate_batchnorm(pruned.model, subject.calibration)
         rows.append(
@@ -483,8 +490,10 @@ def plot_matched(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
-    for ax, result in zip(axes[0], results, strict=True):
+    columns = min(3, len(results))
+    rows_of_plots = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows_of_plots, columns, figsize=(4.6 * columns, 3.9 * rows_of_plots + 1.4), squeeze=False)
+    for ax, result in zip(axes.flat, results, strict=False):
         for variant in dict.fromkeys(_variant(r) for r in result["rows"]):
             rows = [r for r in result["rows"] if _variant(r) == variant]
             points = sorted(
@@ -495,13 +504,17 @@ def plot_matched(results: list[dict], path: Path) -> None:
                 for t in dict.fromkeys(r["target"] for r in rows)
             )
             style = "-" if variant.startswith("causal") else "--"
-            ax.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=variant)
+            width = 2.5 if variant == "causal · global" else 1.0  # the default
+            ax.plot(*zip(*points, strict=True), style, marker="o", markersize=3, linewidth=width, label=variant)
         ax.axhline(result["original"], color="grey", linewidth=0.8)
         ax.set_title(result["model"], fontsize=9)
         ax.set_xlabel("MACs kept")
         ax.set_ylabel("top-1 % (after BN re-estimation)")
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
+    for ax in list(axes.flat)[len(results) :]:
+        ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 1.3 / (3.9 * rows_of_plots + 1.4), 1, 1))
     fig.savefig(path, dpi=110)
 
 
@@ -512,7 +525,9 @@ def render_matched(results: list[dict], args, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Every cell is top-1 % after batch-norm re-estimation (MACs kept in brackets) at the amount the "
-        f"target search found for that row (uniform: one search for all criteria; global: one per criterion), "
+        f"target search found for that row (uniform: one search for all criteria; global: the amount is "
+        f"1 - 1/target of the MACs, spent exactly by the allocation; group normalisation "
+        f"{getattr(args, 'group_normalisation', 'mean')}), "
         f"channel rounding {args.round_to}, calibration on {args.calibration_size} training images; random "
         f"with {args.random_seeds} seeds (mean ± std), uniform allocation only. Machine: {machine()}.",
         "",
@@ -542,7 +557,7 @@ def render_matched(results: list[dict], args, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED / "data/cifar10"))
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME=WEIGHTS")
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME=WEIGHTS[@DATA][#SIZE]")
     parser.add_argument("--criteria", type=lambda s: s.split(","), default=list(CRITERIA))
     parser.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.2, 0.3, 0.5])
     parser.add_argument("--random-seeds", type=int, default=5)
@@ -558,7 +573,14 @@ def main() -> None:
     parser.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")], help="MACs reductions")
     parser.add_argument("--allocations", type=lambda s: s.split(","), default=["uniform", "global"])
     parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1])
+    parser.add_argument(
+        "--steps-allocations",
+        type=lambda s: s.split(","),
+        default=["uniform", "global"],
+        help="the allocations that --steps above 1 run with (default both)",
+    )
     parser.add_argument("--round-to", type=int, default=4)
+    parser.add_argument("--group-normalisation", default="mean", help="global allocation's (compress.allocation)")
     parser.add_argument("--plot", type=Path, help="with --targets: where to draw top-1 against MACs kept")
     parser.add_argument("--json", type=Path, help="with --targets: write every row here")
     args = parser.parse_args()

@@ -1,9 +1,10 @@
-"""Allocation across groups: uniform fractions, a global ranking on normalised scores, caps, rounding."""
+"""Allocation across groups: uniform fractions, a global ranking on normalised scores, caps, rounding,
+a MACs budget spent exactly."""
 
 import numpy as np
 import pytest
 
-from compress.allocation import global_keep, normalise_scores, uniform_keep
+from compress.allocation import budget_keep, global_keep, normalise_scores, uniform_keep
 
 
 def test_uniform_keep_floors_rounds_down_and_never_empties_a_group():
@@ -22,6 +23,14 @@ def test_global_ranking_takes_the_lowest_normalised_channels_first():
     assert global_keep(scores, 0.25, normalise="mean") == {"a": 3, "b": 3}
 
 
+def test_sqrt_mean_normalisation_lets_a_groups_level_count_in_part():
+    # b's scores are four times a's: divided by their means they tie, by the square roots b stays higher
+    scores = {"a": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([4.0, 8.0, 12.0, 16.0])}
+    assert normalise_scores(scores["b"], "sqrt-mean").tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0] / np.sqrt(2.5) * 2)
+    assert global_keep(scores, 0.25, normalise="sqrt-mean") == {"a": 2, "b": 4}
+    assert global_keep(scores, 0.25, normalise="mean") == {"a": 3, "b": 3}
+
+
 def test_global_ranking_respects_the_cap_and_the_rounding():
     scores = {"flat": np.ones(8), "spread": np.linspace(0.1, 2.0, 8)}
     kept = global_keep(scores, 0.5, normalise="none", max_fraction=0.5)
@@ -30,8 +39,36 @@ def test_global_ranking_respects_the_cap_and_the_rounding():
     assert global_keep(scores, 0.6, normalise="none", round_to=4, max_fraction=0.9) == {"flat": 4, "spread": 4}
 
 
-@pytest.mark.parametrize("how", ["mean", "max", "none"])
+@pytest.mark.parametrize("how", ["mean", "sqrt-mean", "max", "none"])
 def test_normalised_scores_keep_each_groups_order(how):
     scores = np.array([3.0, 1.0, 2.0])
     assert list(np.argsort(normalise_scores(scores, how))) == [1, 2, 0]
     assert normalise_scores(np.zeros(3), how).tolist() == [0.0, 0.0, 0.0]
+
+
+def _linear_costs(per_channel):
+    """MACs of kept widths when every channel of a group costs a fixed amount."""
+    return lambda keep: sum(per_channel[root] * width for root, width in keep.items())
+
+
+def test_a_macs_budget_is_spent_exactly_and_the_leftover_goes_to_the_best_removed_channels():
+    # a narrow expensive group (a residual stream) and a wide cheap one; rounding unit 4
+    scores = {"stream": np.linspace(1.0, 2.0, 16), "wide": np.linspace(0.1, 3.0, 64)}
+    macs_of = _linear_costs({"stream": 100.0, "wide": 10.0})
+    full = macs_of({"stream": 16, "wide": 64})
+    for share in (0.2, 0.35, 0.5, 0.7):
+        budget = (1 - share) * full
+        keep = budget_keep(scores, macs_of, budget, round_to=4)
+        assert macs_of(keep) <= budget
+        # no unit of 4 channels could be given back to any group without breaking the budget
+        assert all(keep[r] == len(scores[r]) or macs_of({**keep, r: keep[r] + 4}) > budget for r in keep)
+        assert all(w % 4 == 0 for w in keep.values())
+    # the plain ranking cut stops one rounding unit short; the leftover is given back
+    keep = budget_keep(scores, macs_of, 0.8 * full, round_to=4)
+    assert macs_of(keep) >= 0.8 * full - 40  # within the cheapest unit (4 x 10 MACs) of the budget
+
+
+def test_a_budget_beyond_the_caps_takes_what_the_caps_allow():
+    scores = {"a": np.ones(8), "b": np.ones(8)}
+    macs_of = _linear_costs({"a": 1.0, "b": 1.0})
+    assert budget_keep(scores, macs_of, 0.0, max_fraction=0.5) == {"a": 4, "b": 4}

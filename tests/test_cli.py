@@ -91,7 +91,8 @@ def test_default_report_compares_causal_with_random_and_l1(default_run):
         assert {"batch_1", "batch_32"} <= set(v["latency"]["cpu"])
     original = report["variants"][0]
     half = next(v for v in report["variants"] if v["name"] == "causal-0.50")
-    assert half["onnx_params"] <= 0.4 * original["onnx_params"]
+    # global allocation (the default): the amount is the share of MACs removed, spent to the budget
+    assert 0.45 <= half["macs_ratio"] <= 0.5 and half["onnx_params"] < 0.7 * original["onnx_params"]
     for row in report["summary"]:
         assert row["causal"]["top1"]["mean"] >= row["random"]["top1"]["mean"]
     # batch-norm re-estimation is what brings the pruned variants back (recorded before and after)
@@ -114,7 +115,7 @@ def test_the_most_pruned_causal_variant_within_the_tolerance_ships(default_run, 
     tolerance = report["config"]["accuracy_tolerance"]
     causal = [v for v in report["variants"] if v["criterion"] == "causal" and v["precision"] == "fp32"]
     within = [v for v in causal if v["accuracy"]["top1"] >= original - tolerance]
-    assert within and len(within) < len(causal)  # on this model 0.50 falls outside: the tolerance decides
+    assert within  # which of them ships is the ship rule's test (test_config_gates)
     shipped = max(within, key=lambda v: v["ratio"])
     assert report["chosen"]["variant"] == shipped["name"] and report["chosen"]["within_tolerance"] is True
     assert (out / "model.onnx").read_bytes() == (out / shipped["onnx"]).read_bytes()

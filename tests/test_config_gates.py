@@ -129,7 +129,7 @@ def test_search_is_not_fooled_by_macs_that_rise_again_at_high_ratios():
 def test_target_macs_ratio_picks_and_ships_the_smallest_ratio_that_meets_it(tmp_path):
     out = tmp_path / "target"
     args = ["run", "--out", str(out), "--ratios", "0.5", "--criteria", "causal", "--target-macs-ratio", "0.6"]
-    assert main([*args, "--quiet", *FAST]) == 0
+    assert main([*args, "--allocation", "uniform", "--quiet", *FAST]) == 0
     report = json.loads((out / "report.json").read_text())
     target = report["target"]
     assert target["kind"] == "macs_ratio" and target["reached"]
@@ -138,6 +138,18 @@ def test_target_macs_ratio_picks_and_ships_the_smallest_ratio_that_meets_it(tmp_
     assert any(s["ratio"] < target["ratio"] and s["value"] > 0.6 for s in target["steps"])  # one step less misses
     assert "target MACs ratio 0.6" in report["chosen"]["reason"]
     assert {v["ratio"] for v in report["variants"] if v["criterion"]} == {0.5, target["ratio"]}
+
+
+def test_with_global_allocation_a_macs_target_is_the_amount_itself_and_is_met_closely(tmp_path):
+    out = tmp_path / "target"
+    args = ["run", "--out", str(out), "--ratios", "", "--criteria", "causal,l1", "--target-macs-ratio", "0.6"]
+    assert main([*args, "--quiet", *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for criterion, target in report["targets"].items():
+        assert target["ratio"] == pytest.approx(0.4) and target["reached"] and len(target["steps"]) == 1
+        variant = next(v for v in report["variants"] if v["criterion"] == criterion)
+        assert 0.56 <= variant["macs_ratio"] <= 0.6  # spent to within a rounding unit, never over
+    assert "global allocation removed 0.4 of the MACs" in report["chosen"]["reason"]
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_an_import_path_needs_trust_and_runs_end_to_end(my_models, capsys):
     out = my_models / "out"
     args = ["run", "--model", "my_models:build", "--weights", _weights(my_models, "build"), "--image-size", "8"]
     args += ["--mean", "0.3", "--std", "0.4"]
-    args += ["--ratios", "0.5", "--criteria", "causal", "--out", str(out), *FAST]
+    args += ["--ratios", "0.5", "--allocation", "uniform", "--criteria", "causal", "--out", str(out), *FAST]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "imports my_models and runs its code; pass --trust-code" in err

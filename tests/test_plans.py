@@ -5,11 +5,10 @@ import pytest
 import torch
 from builders import TwoConv, batches, randomise_batchnorm
 
-from compress.allocation import global_keep
 from compress.criteria import importance_factory, make_scorer
 from compress.errors import CompressWarning
 from compress.plans import PruningPlan, execute_plan
-from compress.pruning import group_widths, layer_widths, output_layer_names, prune
+from compress.pruning import count_macs_params, group_widths, layer_widths, output_layer_names, prune
 from compress.zoo import DigitsCNN
 
 
@@ -34,7 +33,7 @@ def test_one_uniform_step_is_plain_pruning(digits):
     assert planned.pruned_channels() == plain.pruned_channels()
 
 
-def test_global_allocation_takes_channels_where_the_scores_are_low(digits):
+def test_global_allocation_takes_channels_where_the_scores_are_low_until_the_macs_share_is_gone(digits):
     model, _, x, protected = digits
     # conv1's and conv3's channels all matter; conv2's and conv4's mostly do not
     scores = {
@@ -43,14 +42,24 @@ def test_global_allocation_takes_channels_where_the_scores_are_low(digits):
         "conv3": np.full(128, 5.0),
         "conv4": np.r_[np.full(96, 0.1), np.full(32, 5.0)],
     }
-    plan = PruningPlan("causal", 0.4, "global")
+    plan = PruningPlan("causal", 0.4, "global")  # global: the amount is the share of MACs removed
     result = execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=4)
     widths = layer_widths(result.model)
-    expected = global_keep(scores, 0.4, round_to=4, normalise="mean")
-    assert widths["conv2"] == expected["conv2"] < 64 and widths["conv4"] == expected["conv4"] < 128
+    kept = count_macs_params(result.model, x)[0] / count_macs_params(model, x)[0]
+    assert 0.55 <= kept <= 0.6  # at most the budget, and within a rounding unit of it
+    assert widths["conv2"] < 64 and widths["conv4"] < 128
     assert widths["conv1"] == 32 and widths["conv3"] == 128  # uniform would have taken 40% of them too
     removed = result.pruned_channels()
     assert all(i < 48 for i in removed["conv2"]) and all(i < 96 for i in removed["conv4"])  # the low ones
+
+
+def test_a_macs_share_beyond_the_group_caps_prunes_what_they_allow_and_says_so(digits):
+    model, _, x, protected = digits
+    scores = {root: np.ones(width) for root, width in group_widths(model, x, protected).items()}
+    plan = PruningPlan("causal", 0.95, "global")
+    with pytest.warns(CompressWarning, match=r"removes only 0\.\d\d of the MACs, not 0\.95: .*--max-group-ratio"):
+        result = execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=4, max_fraction=0.5)
+    assert layer_widths(result.model)["conv2"] == 32  # every group at its cap: half of its channels
 
 
 def test_steps_rescore_and_recalibrate_between_and_reach_the_same_widths(digits):
