@@ -17,7 +17,7 @@ import warnings
 import click
 
 from . import __version__
-from .allocation import ALLOCATIONS, NORMALISATIONS
+from .allocation import ALLOCATIONS, DEFAULT_NORMALISATION, NORMALISATIONS
 from .artifacts import remove_unfinished
 from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
@@ -336,10 +336,10 @@ _model_and_data_options = _options(
 @click.option(
     "--group-normalisation",
     type=click.Choice(NORMALISATIONS),
-    default="mean",
+    default=DEFAULT_NORMALISATION,
     show_default=True,
-    help="Global allocation: divide each group's scores by their mean (or its square root, so a group's "
-    "overall level counts in part; or the max; or nothing) before ranking all groups together.",
+    help="Global allocation: divide each group's scores by the square root of their mean, so a group's "
+    "level counts in part (or by the mean, the max, or nothing) before ranking all groups together.",
 )
 @click.option(
     "--no-recalibrate",

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 import onnx
 
-from .allocation import ALLOCATIONS, NORMALISATIONS
+from .allocation import ALLOCATIONS, DEFAULT_NORMALISATION, NORMALISATIONS
 from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
@@ -64,7 +64,7 @@ class RunConfig:
     # global allocation a ratio is the share of MACs removed, with uniform the share of each group's channels
     steps: int = 1  # reach the amount in this many steps, re-estimating batch norm and re-scoring between
     max_group_ratio: float = 0.9  # global allocation takes at most this fraction of one group's channels
-    group_normalisation: str = "mean"  # global allocation: how each group's scores are scaled (compress.allocation)
+    group_normalisation: str = DEFAULT_NORMALISATION  # global allocation: how group scores are scaled
     recalibrate: bool = True
     # fine-tuning of every pruned variant, random baselines included (0 epochs: none), on training
     # images disjoint from calibration and evaluation; with distill, the original is the teacher

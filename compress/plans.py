@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .allocation import ALLOCATIONS, DEFAULT_MAX_FRACTION, budget_keep, uniform_keep
+from .allocation import ALLOCATIONS, DEFAULT_MAX_FRACTION, DEFAULT_NORMALISATION, budget_keep, uniform_keep
 from .costs import MacsModel
 from .criteria import GroupScoreImportance
 from .errors import CompressWarning
@@ -69,7 +69,7 @@ def plan_keep(
     max_fraction: float = DEFAULT_MAX_FRACTION,
     costs: MacsModel | None = None,
     original_macs: float | None = None,
-    normalise: str = "mean",
+    normalise: str = DEFAULT_NORMALISATION,
 ) -> dict[str, int]:
     """Kept widths after removing `fraction` (uniform: of each group's original channels; global: of
     the original model's MACs, `original_macs`), the current model's channels ranked by `scores` and
@@ -107,7 +107,7 @@ def execute_plan(
     recalibrate: Callable[[nn.Module], None] | None = None,
     scores: Mapping[str, np.ndarray] | None = None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
-    normalise: str = "mean",
+    normalise: str = DEFAULT_NORMALISATION,
 ) -> PruneResult:
     """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scores`, if
     given, are its scores on `model` (the first step then skips a fit). `recalibrate` re-estimates the

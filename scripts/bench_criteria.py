@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 from benchmark_tables import interval95, machine, replace_section
 
+from compress.allocation import DEFAULT_NORMALISATION
 from compress.criteria import CRITERIA, importance_factory, make_scorer
 from compress.data import load_data
 from compress.errors import CompressWarning
@@ -527,7 +528,7 @@ def render_matched(results: list[dict], args, command: str) -> str:
         f"Every cell is top-1 % after batch-norm re-estimation (MACs kept in brackets) at the amount the "
         f"target search found for that row (uniform: one search for all criteria; global: the amount is "
         f"1 - 1/target of the MACs, spent exactly by the allocation; group normalisation "
-        f"{getattr(args, 'group_normalisation', 'mean')}), "
+        f"{getattr(args, 'group_normalisation', DEFAULT_NORMALISATION)}), "
         f"channel rounding {args.round_to}, calibration on {args.calibration_size} training images; random "
         f"with {args.random_seeds} seeds (mean ± std), uniform allocation only. Machine: {machine()}.",
         "",
@@ -580,7 +581,7 @@ def main() -> None:
         help="the allocations that --steps above 1 run with (default both)",
     )
     parser.add_argument("--round-to", type=int, default=4)
-    parser.add_argument("--group-normalisation", default="mean", help="global allocation's (compress.allocation)")
+    parser.add_argument("--group-normalisation", default=DEFAULT_NORMALISATION, help="global allocation's")
     parser.add_argument("--plot", type=Path, help="with --targets: where to draw top-1 against MACs kept")
     parser.add_argument("--json", type=Path, help="with --targets: write every row here")
     args = parser.parse_args()
