@@ -296,6 +296,7 @@ def test_force_replaces_an_output_with_a_run_of_the_reference_and_intervention_c
     (out / "old.txt").write_text("an earlier run")
     args = ["run", "--out", str(out), "--force", "--criteria", "causal-reference,intervention", "--ratios", "0.5"]
     args += ["--intervention-images", "32", "--calibration-size", "300", "--no-recalibrate", *FAST]
+    args += ["--allocation", "uniform"]  # every group, conv1 included, loses half: which half is the criterion's
     assert main(args) == 0
     assert not (out / "old.txt").exists() and (out / "report.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the old directory is gone, nothing staged is left
