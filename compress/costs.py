@@ -49,7 +49,8 @@ class MacsModel:
         # layer -> [(group root, its features per group channel)], for outputs and for inputs
         self._outputs: dict[str, list[tuple[str, float]]] = {}
         self._inputs: dict[str, list[tuple[str, float]]] = {}
-        for group in prunable_groups(graph, [n for n in protected if n in dict(observed.named_modules())]):
+        known = set(names.values())
+        for group in prunable_groups(graph, [n for n in protected if n in known]):
             root = group_root(group, names, order)
             if root in protected:
                 continue
