@@ -315,9 +315,9 @@ _model_and_data_options = _options(
     type=click.Choice(ALLOCATIONS),
     default="global",
     show_default=True,
-    help="global: all groups' channels ranked together on scores divided by their group's mean until "
-    "--ratios of the MACs are gone (every criterion at equal cost); uniform: every group loses the same "
-    "fraction of its channels.",
+    help="global: all groups' channels ranked together on scores scaled per group (--group-normalisation) "
+    "until --ratios of the MACs are gone (every criterion at equal cost); uniform: every group loses the "
+    "same fraction of its channels.",
 )
 @click.option(
     "--steps",
