@@ -338,8 +338,9 @@ _model_and_data_options = _options(
     type=click.Choice(NORMALISATIONS),
     default=DEFAULT_NORMALISATION,
     show_default=True,
-    help="Global allocation: divide each group's scores by the square root of their mean, so a group's "
-    "level counts in part (or by the mean, the max, or nothing) before ranking all groups together.",
+    help="Global allocation: how each group's scores are scaled before all groups are ranked together. "
+    "sqrt-total: by their mean, times the square root of their sum (the group's level counts, not its "
+    "width); sqrt-mean: by the square root of their mean; mean, max: by those; none: raw.",
 )
 @click.option(
     "--no-recalibrate",

@@ -31,6 +31,17 @@ def test_sqrt_mean_normalisation_lets_a_groups_level_count_in_part():
     assert global_keep(scores, 0.25, normalise="mean") == {"a": 3, "b": 3}
 
 
+def test_sqrt_total_normalisation_weighs_a_group_by_its_summed_score_not_its_width():
+    # four strong channels and sixteen weak ones with the same summed score: one level; twice the sum,
+    # the square root of two times the level
+    narrow, wide = np.full(4, 4.0), np.full(16, 1.0)
+    level = {name: normalise_scores(s, "sqrt-total").mean() for name, s in (("narrow", narrow), ("wide", wide))}
+    assert level["narrow"] == pytest.approx(level["wide"])
+    assert normalise_scores(2 * wide, "sqrt-total").mean() == pytest.approx(np.sqrt(2) * level["wide"])
+    # sqrt-mean instead favours the narrow group's stronger channels
+    assert normalise_scores(narrow, "sqrt-mean").mean() > normalise_scores(wide, "sqrt-mean").mean()
+
+
 def test_global_ranking_respects_the_cap_and_the_rounding():
     scores = {"flat": np.ones(8), "spread": np.linspace(0.1, 2.0, 8)}
     kept = global_keep(scores, 0.5, normalise="none", max_fraction=0.5)
@@ -39,7 +50,7 @@ def test_global_ranking_respects_the_cap_and_the_rounding():
     assert global_keep(scores, 0.6, normalise="none", round_to=4, max_fraction=0.9) == {"flat": 4, "spread": 4}
 
 
-@pytest.mark.parametrize("how", ["mean", "sqrt-mean", "max", "none"])
+@pytest.mark.parametrize("how", ["mean", "sqrt-mean", "sqrt-total", "max", "none"])
 def test_normalised_scores_keep_each_groups_order(how):
     scores = np.array([3.0, 1.0, 2.0])
     assert list(np.argsort(normalise_scores(scores, how))) == [1, 2, 0]
