@@ -9,13 +9,14 @@ channels down to that width.
 - `global`: the channels of all groups are ranked together and the lowest go first, until the
   amount is removed. Scores of different groups are not on one scale (a residual stream has many
   consumers, a late layer has different activations), so each group's scores are first put on a
-  common scale. `sqrt-total` (the default) divides them by their mean and multiplies by the square
-  root of the group's summed score: a channel is ranked by how it compares with its own group and
+  common scale. `sqrt-total` (the default for `causal`) divides them by their mean and multiplies by
+  the square root of the group's summed score: a channel is ranked by how it compares with its own group and
   by its group's level, where the level is the group's total effect (a wide layer spreads the same
   total thinner over more channels) and counts as its square root. So a residual stream every
   block reads is not thinned at the rate of a weak inner convolution, and a wide last layer is not
   stripped for having many channels. `sqrt-mean` divides by the square root of the mean (the level
-  per channel), `mean` by the mean (no level at all), `none` ranks raw scores. No group loses more than
+  per channel), `mean` by the mean (no level at all; the default for the baselines, whose scores are
+  not on one scale across groups), `none` ranks raw scores. No group loses more than
   `max_fraction` of its channels, and kept counts are rounded as above.
 
 `global_keep` removes a share of the channels; `budget_keep` spends a MACs budget: the largest
@@ -35,8 +36,12 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 ALLOCATIONS = ("uniform", "global")
-NORMALISATIONS = ("mean", "sqrt-mean", "sqrt-total", "max", "none")
-DEFAULT_NORMALISATION = "sqrt-total"
+NORMALISATIONS = ("auto", "mean", "sqrt-mean", "sqrt-total", "max", "none")
+DEFAULT_NORMALISATION = "auto"
+# `auto`: what measured best for each criterion at matched MACs (BENCHMARKS.md). Only total effects
+# are on one scale across groups (the effect on the output), so only they gain from keeping each
+# group's level; magnitudes and Taylor scores rank best divided by their group's mean.
+AUTO_NORMALISATION = {"causal": "sqrt-total", "causal-direct": "sqrt-mean"}
 DEFAULT_MAX_FRACTION = 0.9
 
 
@@ -53,6 +58,11 @@ def rounded_width(channels: int, left: int, round_to: int | None) -> int:
     if channels <= unit:
         return channels
     return max(unit, left - left % unit)
+
+
+def resolve_normalisation(how: str, criterion: str) -> str:
+    """The normalisation `criterion`'s scores get: `how`, or with `auto` the one measured best for it."""
+    return AUTO_NORMALISATION.get(criterion, "mean") if how == "auto" else how
 
 
 def normalise_scores(scores: np.ndarray, how: str) -> np.ndarray:
@@ -76,13 +86,14 @@ def global_keep(
     *,
     round_to: int | None = None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
-    normalise: str = DEFAULT_NORMALISATION,
+    normalise: str = "mean",
     caps: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """Kept channels per group when `amount` of all the groups' channels go by a global ranking; no
     group loses more than `max_fraction` of its channels (or its own fraction in `caps`)."""
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
+    concrete = [n for n in NORMALISATIONS if n != "auto"]  # auto is resolved per criterion first
+    if normalise not in concrete:
+        raise ValueError(f"normalise must be one of {', '.join(concrete)}, got {normalise!r}")
     roots = list(scores)
     widths = {root: len(scores[root]) for root in roots}
     keys = np.concatenate([normalise_scores(scores[root], normalise) for root in roots]) if roots else np.zeros(0)
@@ -108,7 +119,7 @@ def budget_keep(
     *,
     round_to: int | None = None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
-    normalise: str = DEFAULT_NORMALISATION,
+    normalise: str = "mean",
     caps: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """Kept channels per group, by the global ranking, whose MACs (`macs_of(keep)`) are at most

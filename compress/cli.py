@@ -339,6 +339,7 @@ _model_and_data_options = _options(
     default=DEFAULT_NORMALISATION,
     show_default=True,
     help="Global allocation: how each group's scores are scaled before all groups are ranked together. "
+    "auto: what measured best per criterion (causal sqrt-total, causal-direct sqrt-mean, the rest mean); "
     "sqrt-total: by their mean, times the square root of their sum (the group's level counts, not its "
     "width); sqrt-mean: by the square root of their mean; mean, max: by those; none: raw.",
 )

@@ -236,19 +236,21 @@ def _search_targets(config: RunConfig, inputs: _Inputs, scorers: dict[str, Score
     found = None
     if inputs.distributed.is_main:
         if config.allocation == "uniform":
-            search = _search_target(config, inputs, None)
+            search = _search_target(config, inputs, None, None)
             found = dict.fromkeys(config.criteria, search)
         else:
-            found = {c: _search_target(config, inputs, scorers[c].importances_) for c in config.criteria}
+            found = {c: _search_target(config, inputs, c, scorers[c].importances_) for c in config.criteria}
     return inputs.distributed.broadcast_object(found)
 
 
-def _search_target(config: RunConfig, inputs: _Inputs, scores: Mapping[str, np.ndarray] | None) -> TargetSearch:
+def _search_target(
+    config: RunConfig, inputs: _Inputs, criterion: str | None, scores: Mapping[str, np.ndarray] | None
+) -> TargetSearch:
     shape = None
     if scores is not None:  # global allocation: the criterion's own shapes, one step
 
         def shape(amount: float) -> nn.Module:
-            plan = PruningPlan("search", amount, config.allocation)
+            plan = PruningPlan(criterion, amount, config.allocation)  # its criterion: its normalisation
             return execute_plan(
                 inputs.model, plan, lambda m: scores, inputs.example, **_pruning_settings(config, inputs), scores=scores
             ).model

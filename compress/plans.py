@@ -22,7 +22,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .allocation import ALLOCATIONS, DEFAULT_MAX_FRACTION, DEFAULT_NORMALISATION, budget_keep, uniform_keep
+from .allocation import (
+    ALLOCATIONS,
+    DEFAULT_MAX_FRACTION,
+    DEFAULT_NORMALISATION,
+    budget_keep,
+    resolve_normalisation,
+    uniform_keep,
+)
 from .costs import MacsModel
 from .criteria import GroupScoreImportance
 from .errors import CompressWarning
@@ -69,7 +76,7 @@ def plan_keep(
     max_fraction: float = DEFAULT_MAX_FRACTION,
     costs: MacsModel | None = None,
     original_macs: float | None = None,
-    normalise: str = DEFAULT_NORMALISATION,
+    normalise: str = "mean",
 ) -> dict[str, int]:
     """Kept widths after removing `fraction` (uniform: of each group's original channels; global: of
     the original model's MACs, `original_macs`), the current model's channels ranked by `scores` and
@@ -112,8 +119,8 @@ def execute_plan(
     """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scores`, if
     given, are its scores on `model` (the first step then skips a fit). `recalibrate` re-estimates the
     batch norms between steps; `max_fraction` caps what global allocation takes from one group and
-    `normalise` puts the groups' scores on one scale (compress.allocation). The caller's model is not
-    changed."""
+    `normalise` puts the groups' scores on one scale (compress.allocation; `auto`: the one measured
+    best for the plan's criterion). The caller's model is not changed."""
     start = time.perf_counter()
     original = group_widths(model, example_inputs, protected)
     original_macs = None
@@ -140,7 +147,7 @@ def execute_plan(
             max_fraction=max_fraction,
             costs=costs,
             original_macs=original_macs,
-            normalise=normalise,
+            normalise=resolve_normalisation(normalise, plan.criterion),
         )
         result = prune(
             current,

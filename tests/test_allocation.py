@@ -4,7 +4,7 @@ a MACs budget spent exactly."""
 import numpy as np
 import pytest
 
-from compress.allocation import budget_keep, global_keep, normalise_scores, uniform_keep
+from compress.allocation import budget_keep, global_keep, normalise_scores, resolve_normalisation, uniform_keep
 
 
 def test_uniform_keep_floors_rounds_down_and_never_empties_a_group():
@@ -48,6 +48,15 @@ def test_global_ranking_respects_the_cap_and_the_rounding():
     assert kept["spread"] == 4  # capped at half of its channels, the rest of the budget goes elsewhere
     assert kept["flat"] == 4
     assert global_keep(scores, 0.6, normalise="none", round_to=4, max_fraction=0.9) == {"flat": 4, "spread": 4}
+
+
+def test_auto_normalisation_is_sqrt_total_for_total_effects_and_mean_for_the_baselines():
+    assert resolve_normalisation("auto", "causal") == "sqrt-total"
+    assert resolve_normalisation("auto", "causal-direct") == "sqrt-mean"
+    assert {resolve_normalisation("auto", c) for c in ("taylor", "l1", "l2", "lamp", "bn-scale", "random")} == {"mean"}
+    assert resolve_normalisation("none", "causal") == "none"  # a named one is taken as it is
+    with pytest.raises(ValueError, match="normalise must be one of mean, sqrt-mean"):
+        global_keep({"a": np.ones(4)}, 0.5, normalise="auto")  # resolved per criterion before allocation
 
 
 @pytest.mark.parametrize("how", ["mean", "sqrt-mean", "sqrt-total", "max", "none"])

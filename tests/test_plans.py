@@ -53,6 +53,21 @@ def test_global_allocation_takes_channels_where_the_scores_are_low_until_the_mac
     assert all(i < 48 for i in removed["conv2"]) and all(i < 96 for i in removed["conv4"])  # the low ones
 
 
+def test_auto_normalisation_follows_the_plans_criterion(digits):
+    model, _, x, protected = digits
+    # alike within every group; under sqrt-total the narrow conv1 (smallest summed score) goes first
+    scores = {root: np.linspace(0.5, 1.5, width) for root, width in group_widths(model, x, protected).items()}
+    widths = {
+        criterion: layer_widths(
+            execute_plan(
+                model, PruningPlan(criterion, 0.3, "global"), lambda m: scores, x, protected=protected, round_to=4
+            ).model
+        )
+        for criterion in ("causal", "l1")
+    }
+    assert widths["causal"]["conv1"] < widths["l1"]["conv1"]  # causal: sqrt-total; l1: mean
+
+
 def test_a_macs_share_beyond_the_group_caps_prunes_what_they_allow_and_says_so(digits):
     model, _, x, protected = digits
     scores = {root: np.ones(width) for root, width in group_widths(model, x, protected).items()}
