@@ -92,8 +92,9 @@ def plan_keep(
     caps = {root: max(0.0, 1.0 - floor[root] / current[root]) for root in scores}
     budget = (1.0 - fraction) * original_macs
     keep = budget_keep(scores, costs.macs, budget, round_to=round_to, max_fraction=1.0, normalise=normalise, caps=caps)
-    if costs.macs(keep) > budget:
-        reached = 1.0 - costs.macs(keep) / original_macs
+    predicted = costs.macs(keep)
+    if predicted > budget:
+        reached = 1.0 - predicted / original_macs
         warnings.warn(
             f"global allocation removes only {reached:.2f} of the MACs, not {fraction:.2f}: no group may lose "
             f"more than {max_fraction:g} of its channels (--max-group-ratio)",
