@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 from benchmark_tables import interval95, machine, replace_section
 
-from compress.allocation import DEFAULT_NORMALISATION
+from compress.allocation import DEFAULT_NORMALISATION, resolve_normalisation
 from compress.criteria import CRITERIA, importance_factory, make_scorer
 from compress.data import load_data
 from compress.errors import CompressWarning
@@ -417,6 +417,10 @@ def run_matched(item: str, args) -> dict:
             {
                 "target": target,
                 "allocation": allocation,
+                # the scale global allocation put the groups' scores on (None: uniform allocation)
+                "normalisation": resolve_normalisation(args.group_normalisation, criterion)
+                if allocation == "global"
+                else None,
                 "steps": steps,
                 "criterion": criterion,
                 "seed": seed,
@@ -432,6 +436,7 @@ def run_matched(item: str, args) -> dict:
         "original": subject.original,
         "evaluation": len(subject.splits.evaluation),
         "calibration": len(subject.splits.calibration),
+        "data_seed": args.seed,  # --seed: which calibration and evaluation images
         "rows": rows,
         "costs": costs,
     }
