@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 from benchmark_tables import replace_section
 
-from compress.allocation import resolve_normalisation
+from compress.allocation import NORMALISATIONS, resolve_normalisation
 
 HEADING = "### Criteria at matched MACs over data seeds"
 DEFAULT = ("causal", "global", 1, resolve_normalisation("auto", "causal"))
@@ -35,6 +36,10 @@ def parse_input(item: str) -> tuple[Path, str | None, int | None]:
     """FILE[:NORMALISATION][@SEED]"""
     rest, _, seed = item.partition("@")
     path, _, normalisation = rest.partition(":")
+    if normalisation and normalisation not in NORMALISATIONS:
+        raise ValueError(f"{item}: unknown normalisation {normalisation!r}; one of {', '.join(NORMALISATIONS)}")
+    if seed and not seed.isdigit():
+        raise ValueError(f"{item}: the seed after '@' must be a whole number, got {seed!r}")
     return Path(path), normalisation or None, int(seed) if seed else None
 
 
@@ -137,7 +142,15 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="replace this script's section of the given Markdown file")
     args = parser.parse_args()
     command = "python scripts/summarise_matched.py " + " ".join(args.inputs)
-    text = render(load(args.inputs), command)
+    try:
+        table = load(args.inputs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # missing, or not our JSON
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        if isinstance(exc, (TypeError, AttributeError)):
+            what = "not a list of per-model results"
+        print(f"summarise_matched: {what} (inputs are bench_criteria.py --json files)", file=sys.stderr)
+        sys.exit(2)
+    text = render(table, command)
     print(text)
     if args.write:
         replace_section(args.write, HEADING, text)
