@@ -79,8 +79,8 @@ def is_baseline(config: tuple) -> bool:
 
 
 def render(table: dict, command: str) -> str:
-    out = [HEADING, "", f"Command: `{command}`", ""]
-    out += [
+    head = [HEADING, "", f"Command: `{command}`", ""]
+    out = [
         "Per model and MACs target: causal with its defaults (global allocation, "
         f"`{DEFAULT[3]}`, one step) on each data seed (other calibration and evaluation images), the best "
         "baseline configuration of that seed, and over the seeds the mean of causal against the baseline "
@@ -127,13 +127,12 @@ def render(table: dict, command: str) -> str:
                 f"| {complete[best]:.2f} {name(best)} |"
             )
         out.append("")
-    if points:
-        out.insert(
-            4,
+    if points:  # the count heads the section
+        head.append(
             f"**Over the seeds' means, causal is at or above the best baseline configuration at {wins} of {points} "
-            f"points** (mean margin {statistics.mean(margins):+.2f}); seed by seed, at {seed_wins} of {seed_points}.\n",
+            f"points** (mean margin {statistics.mean(margins):+.2f}); seed by seed, at {seed_wins} of {seed_points}.\n"
         )
-    return "\n".join(out) + "\n"
+    return "\n".join(head + out) + "\n"
 
 
 def main() -> None:
