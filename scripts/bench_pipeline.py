@@ -57,6 +57,14 @@ def accuracy_table(report: dict) -> list[str]:
     return lines
 
 
+def _random_shapes(report: dict) -> str:
+    """How the random rows' shapes relate to the others': uniform allocation gives every criterion the
+    same widths; global allocation gives each its own (random ranks channels at random across groups)."""
+    if report["config"].get("allocation", "uniform") == "uniform":
+        return "Random variants share the causal ones' shapes; the first seed is shown."
+    return "Each criterion allocates its own widths (global allocation), random too; its first seed is shown."
+
+
 def latency_table(report: dict) -> list[str]:
     provider = report["benchmark"]["providers"][0]
     batches = report["benchmark"]["latency_batches"]
@@ -67,8 +75,7 @@ def latency_table(report: dict) -> list[str]:
         f"onnxruntime {provider}, {report['benchmark']['threads']} threads, {report['benchmark']['runs']} timed "
         f"calls (and {report['benchmark']['min_seconds']:g} s) at least per variant and batch, interleaved in "
         f"turns of about {report['benchmark']['slice_seconds']:g} s. Speed-up = original median / variant median, "
-        "same run; efficiency = speed-up / (original MACs / variant MACs). Random variants share the causal ones' "
-        "shapes; the first seed is shown.",
+        f"same run; efficiency = speed-up / (original MACs / variant MACs). {_random_shapes(report)}",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

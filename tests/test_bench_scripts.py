@@ -1,4 +1,4 @@
-"""scripts/summarise_matched.py: the numbers BENCHMARKS.md reports over data seeds come out right."""
+"""Benchmark scripts (summarise_matched, bench_pipeline): what they write into BENCHMARKS.md comes out right."""
 
 from __future__ import annotations
 
@@ -53,3 +53,23 @@ def test_causal_defaults_against_the_best_baseline_per_seed_and_over_the_seeds(t
     assert "| 2x | 60.00 / 70.00 | 62.00 l1 · global mean (miss); 65.00 taylor · global mean, 3 steps |" in text
     assert "| 65.00 | 61.50 l1 · global mean |" in text
     assert "at 1 of 1 points** (mean margin +3.50); seed by seed, at 1 of 2." in text
+
+
+def test_pipeline_latency_table_says_whose_widths_the_random_rows_have():
+    bench = load_script("bench_pipeline")
+    report = {
+        "benchmark": {
+            "providers": ["cpu"],
+            "latency_batches": [1],
+            "threads": 2,
+            "runs": 50,
+            "min_seconds": 1,
+            "slice_seconds": 0.05,
+        },
+        "seeds": {"random_baselines": [0]},
+        "variants": [],
+    }
+    uniform = bench.latency_table({**report, "config": {"allocation": "uniform"}})[0]
+    global_ = bench.latency_table({**report, "config": {"allocation": "global"}})[0]
+    assert "share the causal ones' shapes" in uniform
+    assert "its own widths" in global_ and "share the causal" not in global_
