@@ -116,7 +116,7 @@ def render(table: dict, command: str) -> str:
             }
             if not complete or not seeds:
                 continue
-            best = max(complete, key=complete.get)
+            best = max(complete, key=lambda c: (complete[c], c))  # ties broken as per seed: by name
             mean = statistics.mean(default[s] for s in seeds)
             points += 1
             wins += mean >= complete[best]

@@ -55,6 +55,14 @@ def test_causal_defaults_against_the_best_baseline_per_seed_and_over_the_seeds(t
     assert "at 1 of 1 points** (mean margin +3.50); seed by seed, at 1 of 2." in text
 
 
+def test_a_tie_between_baselines_is_named_alike_per_seed_and_over_the_seeds(tmp_path):
+    summarise = load_script("summarise_matched")
+    rows = [row("causal", 60.0), row("l2", 70.0, allocation="uniform"), row("lamp", 70.0, allocation="uniform")]
+    table = summarise.load([f"{write(tmp_path / 'a.json', rows)}:auto@0"])
+    text = summarise.render(table, "cmd")
+    assert "| 2x | 60.00 | 70.00 lamp · uniform (miss) | 60.00 **(miss)** | 70.00 lamp · uniform |" in text
+
+
 def test_pipeline_latency_table_says_whose_widths_the_random_rows_have():
     bench = load_script("bench_pipeline")
     report = {
