@@ -2,8 +2,9 @@
 `Importance` (a small callable from a group to scores) hands those scores to the pruner.
 
 Every criterion has a scorer (`make_scorer`), fitted on the unpruned model:
-- `causal` (the default): each filter's *total* causal effect on the model's output, do(channel :=
-  its mean) at every layer that reads it, to first order (`TotalEffectScorer`);
+- `causal` (the default): each filter's *total* causal effect on the model's output, removing it less
+  what batch-norm re-estimation repairs (its mean, wherever a batch norm re-estimates it), to first
+  order (`TotalEffectScorer`);
 - `causal-direct`: the seed's *direct* effect on the filter's children, by structural equations over
   the traced filter graph (`CausalScorer`);
 - `causal-reference`: the seed's literal method, for comparison (`ReferenceCausalScorer`);

@@ -7,20 +7,31 @@ layers), and the sum over paths of products of local derivatives is exactly what
 computes: one backward pass gives every filter's total effect at once, through residual streams,
 concatenations and nonlinearities, with the network's own coefficients instead of fitted ones.
 
-The intervention is the one pruning makes, corrected for what batch-norm re-estimation repairs:
-a removed channel stops varying, and the constant it leaves behind (its mean) is absorbed by the
-re-estimated statistics downstream. So the effect measured is that of do(channel := its mean) at
-every layer that reads the channel, to first order:
+The intervention is the one pruning makes, less what batch-norm re-estimation repairs. A removed
+channel is zero at every layer that read it: it stops varying, and its mean goes too. Re-estimating a
+batch norm absorbs a constant shift of its input, so the mean's loss is repaired wherever a batch norm
+sits on the way, and only there: a layer a batch norm reads (a conv before its BN) loses the variation
+alone, while what reaches the output with no batch norm between (the classifier reading the pooled
+features, a shortcut adding into the stream that feeds it, a squeeze-excitation layer) loses the mean
+as well. To first order:
 
-    s_c(x) = sum over consumers L of c, and positions p, of (a_Lc(x, p) - mean_Lc) * dg(x)/da_Lc(x, p)
+    s_c(x) = sum over consumers L of c, and positions p, of
+             (a_Lc(x, p) - mean_Lc) * dg(x)/da_Lc(x, p)  +  mean_Lc * d~g(x)/da_Lc(x, p)
 
-with g the log-probability of the class the model predicts for x (no labels needed). A channel's
-importance is the root mean square of s_c over calibration images: how far, typically, removing its
-variation moves the model's confidence in its own answer. Scores of all groups are on that one scale.
+with g the log-probability of the class the model predicts for x (no labels needed), and d~ the
+derivative along the paths on which no batch norm re-estimates the shift (back-propagation with the
+gradient stopped at every batch norm's input; zero for a layer a batch norm reads). A channel's
+importance is the root mean square of s_c over calibration images: how far, typically, removing it
+moves the model's confidence in its own answer after batch-norm re-estimation. Scores of all groups
+are on that one scale. (Measured: scoring every consumer with do(channel := its mean), which assumes
+the mean repaired everywhere, or with do(channel := 0), repaired nowhere, each did worse over ten
+models; BENCHMARKS.md, criteria at matched MACs.)
 
-Cost: one forward and backward pass over `max_images` calibration images; the mean is not needed
-during the pass, since s_c = sum_p a * grad - mean * sum_p grad. Memory: per consumer and image the
-two sums over positions (at most `max_images` rows), independent of the calibration set's size.
+Cost: one forward and backward pass over `max_images` calibration images, and a second backward only
+towards the layers whose output no batch norm reads directly (usually the classifier alone, which
+costs nothing: the second backward stops there); the mean is not needed during the pass, since
+s_c = sum_p a * grad - mean * sum_p (grad - grad~). Memory: per consumer and image the two sums over
+positions (at most `max_images` rows), independent of the calibration set's size.
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ class TotalEffectScorer:
     Attributes (after `fit`)
     ------------------------
     importances_: dict pruning-group root -> per-channel total effect (rms over images)
+    renormalised_: consumer layers whose output a batch norm reads: the mean their removed inputs leave
+        behind is absorbed when it is re-estimated
     consumer_importances_: dict consumer layer -> per input feature, the effect through that layer alone
     layer_importances_: dict conv/linear layer -> importance of each of its output filters (its group's)
     graph_: the traced ChannelGraph
@@ -81,6 +94,7 @@ class TotalEffectScorer:
         self._batches = self._images(batches)  # kept for the two passes: at most max_images of them
         example = example_inputs if example_inputs is not None else self._batches[0][:2]
         self.graph_ = build_channel_graph(self._observed, example)
+        self.renormalised_ = read_by_batchnorm(self._observed, list(self.graph_.consumers), example)
         for parameter in self._observed.parameters():  # gradients are wanted for activations only
             parameter.requires_grad_(False)
         return self
@@ -92,13 +106,14 @@ class TotalEffectScorer:
         if not hasattr(self, "_batches"):
             raise RuntimeError("call collect(model, batches) before solve()")
         graph = self.graph_
-        sums, counts, products, gradients = self._pass(self._observed, graph, self._batches)
+        sums, counts, products, repaired = self._pass(self._observed, graph, self._batches)
         if sum_across is not None:
             sum_across([*sums.values(), *counts.values()])
-        # s(x) = sum_p (a - mean) * grad = sum_p a * grad - mean * sum_p grad: the mean is known only after
-        # the pass, so the pass keeps both per-image sums (images x features, at most max_images rows).
+        # s(x) = sum_p (a - mean) * grad + mean * grad~ = sum_p a * grad - mean * sum_p (grad - grad~): the
+        # mean is known only after the pass, so the pass keeps both per-image sums (images x features, at
+        # most max_images rows).
         effects = {
-            name: products[name] - (sums[name] / counts[name].clamp(min=1)) * gradients[name] for name in products
+            name: products[name] - (sums[name] / counts[name].clamp(min=1)) * repaired[name] for name in products
         }
         squares = {}
         for group in graph.groups:
@@ -137,13 +152,17 @@ class TotalEffectScorer:
         self, observed: nn.Module, graph: ChannelGraph, batches: list[torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], ...]:
         """Per consumer: the sum of each input feature over images and positions, their count, and per
-        image the sums over positions of input * gradient and of gradient (g's gradient with respect to
-        that consumer's input alone)."""
+        image the sums over positions of input * gradient and of the gradient batch norms repair (g's
+        gradient with respect to that consumer's input alone, less the part along paths with no batch
+        norm between the consumer and the output)."""
         captured: dict[str, torch.Tensor] = {}
         sums = {name: torch.zeros(c.n_inputs, dtype=torch.float64) for name, c in graph.consumers.items()}
         counts = {name: torch.zeros((), dtype=torch.float64) for name in graph.consumers}
         products: dict[str, list[torch.Tensor]] = {name: [] for name in graph.consumers}
-        gradients: dict[str, list[torch.Tensor]] = {name: [] for name in graph.consumers}
+        repaired: dict[str, list[torch.Tensor]] = {name: [] for name in graph.consumers}
+        # Layers a batch norm does not read directly: their mean's loss may reach the output unrepaired.
+        exposed = [name for name in graph.consumers if name not in self.renormalised_]
+        stopping = [False]  # True during the second backward: gradients stop at every batch norm's input
 
         def hook_for(name: str):
             def hook(module, args):
@@ -152,7 +171,6 @@ class TotalEffectScorer:
                 # the path through that consumer only; a tensor outside the autograd graph (upstream of
                 # every consumer) becomes a leaf.
                 x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
-                x.retain_grad()
                 captured[name] = x
                 rows = _rows(x.detach())
                 sums[name] += rows.sum((0, 2)).double()
@@ -161,18 +179,34 @@ class TotalEffectScorer:
 
             return hook
 
+        def stop_at_batchnorm(module, args):
+            x = args[0]
+            return (_StopGradient.apply(x, stopping), *args[1:]) if x.requires_grad else None
+
         handles = [c.module.register_forward_pre_hook(hook_for(n)) for n, c in graph.consumers.items()]
+        handles += [m.register_forward_pre_hook(stop_at_batchnorm) for m in observed.modules() if _is_batchnorm(m)]
         try:
             for images in progress(batches, desc="total effects", unit="batch"):
                 captured.clear()
                 with torch.enable_grad():
                     logits = observed(images)
                     log_probs = F.log_softmax(logits, 1)
-                    log_probs.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
-                for name, x in captured.items():
-                    values, grads = _rows(x.detach()), _rows(x.grad)
+                    g = log_probs.gather(1, logits.argmax(1, keepdim=True)).sum()
+                    names = list(captured)
+                    stopping[0] = False
+                    full = torch.autograd.grad(g, [captured[n] for n in names], retain_graph=True, allow_unused=True)
+                    seen = [n for n in exposed if n in captured]
+                    stopping[0] = True
+                    second = torch.autograd.grad(g, [captured[n] for n in seen], allow_unused=True) if seen else ()
+                    unrepaired = dict(zip(seen, second, strict=True))
+                for name, grad in zip(names, full, strict=True):
+                    x = captured[name].detach()
+                    values, grads = _rows(x), _rows(_or_zeros(grad, x))
                     products[name].append((values * grads).sum(2).double())
-                    gradients[name].append(grads.sum(2).double())
+                    grads = grads.sum(2)
+                    if name in unrepaired:
+                        grads = grads - _rows(_or_zeros(unrepaired[name], x)).sum(2)
+                    repaired[name].append(grads.double())
         finally:
             for handle in handles:
                 handle.remove()
@@ -180,8 +214,56 @@ class TotalEffectScorer:
             sums,
             counts,
             {n: torch.cat(v) for n, v in products.items()},
-            {n: torch.cat(v) for n, v in gradients.items()},
+            {n: torch.cat(v) for n, v in repaired.items()},
         )
+
+
+class _StopGradient(torch.autograd.Function):
+    """Identity; its backward passes no gradient on while `stopping[0]` is true. Passing none (rather
+    than zeros) lets autograd skip everything upstream that only this path reaches."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stopping: list[bool]) -> torch.Tensor:
+        ctx.stopping = stopping
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (None if ctx.stopping[0] else grad), None
+
+
+def read_by_batchnorm(model: nn.Module, names: list[str], example_inputs: torch.Tensor) -> set[str]:
+    """Those of the layers `names` whose output tensor a batch norm reads (one traced forward pass)."""
+    modules = dict(model.named_modules())
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # the tensor kept alive, so its id stays its own
+    read: set[str] = set()
+
+    def remember(name: str):
+        return lambda module, args, output: produced.__setitem__(id(output), (name, output))
+
+    def check(module, args):
+        name, _ = produced.get(id(args[0]), (None, None))
+        if name is not None:
+            read.add(name)
+
+    handles = [modules[n].register_forward_hook(remember(n)) for n in names]
+    handles += [m.register_forward_pre_hook(check) for m in model.modules() if _is_batchnorm(m)]
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return read
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A gradient autograd leaves out (the input does not reach g) is zero."""
+    return torch.zeros_like(like) if grad is None else grad
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
