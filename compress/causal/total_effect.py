@@ -23,9 +23,9 @@ derivative along the paths on which no batch norm re-estimates the shift (back-p
 gradient stopped at every batch norm's input; zero for a layer a batch norm reads). A channel's
 importance is the root mean square of s_c over calibration images: how far, typically, removing it
 moves the model's confidence in its own answer after batch-norm re-estimation. Scores of all groups
-are on that one scale. (Measured: scoring every consumer with do(channel := its mean), which assumes
-the mean repaired everywhere, or with do(channel := 0), repaired nowhere, each did worse over ten
-models; BENCHMARKS.md, criteria at matched MACs.)
+are on that one scale. (Measured at matched MACs over eight models: do(channel := its mean) at every
+consumer, the mean assumed repaired everywhere, and do(channel := 0), repaired nowhere, each averaged
+lower top-1; BENCHMARKS.md, criteria at matched MACs.)
 
 Cost: one forward and backward pass over `max_images` calibration images, and a second backward only
 towards the layers whose output no batch norm reads directly (usually the classifier alone, which
