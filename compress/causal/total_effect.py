@@ -163,6 +163,8 @@ class TotalEffectScorer:
         # Layers a batch norm does not read directly: their mean's loss may reach the output unrepaired.
         exposed = [name for name in graph.consumers if name not in self.renormalised_]
         stopping = [False]  # True during the second backward: gradients stop at every batch norm's input
+        # Without batch norms nothing is repaired: the second backward would repeat the first.
+        stops = any(_is_batchnorm(m) for m in observed.modules())
 
         def hook_for(name: str):
             def hook(module, args):
@@ -193,11 +195,15 @@ class TotalEffectScorer:
                     log_probs = F.log_softmax(logits, 1)
                     g = log_probs.gather(1, logits.argmax(1, keepdim=True)).sum()
                     names = list(captured)
-                    stopping[0] = False
-                    full = torch.autograd.grad(g, [captured[n] for n in names], retain_graph=True, allow_unused=True)
                     seen = [n for n in exposed if n in captured]
-                    stopping[0] = True
-                    second = torch.autograd.grad(g, [captured[n] for n in seen], allow_unused=True) if seen else ()
+                    twice = stops and bool(seen)
+                    stopping[0] = False
+                    full = torch.autograd.grad(g, [captured[n] for n in names], retain_graph=twice, allow_unused=True)
+                    if twice:
+                        stopping[0] = True
+                        second = torch.autograd.grad(g, [captured[n] for n in seen], allow_unused=True)
+                    else:
+                        second = tuple(full[names.index(n)] for n in seen)
                     unrepaired = dict(zip(seen, second, strict=True))
                 for name, grad in zip(names, full, strict=True):
                     x = captured[name].detach()
