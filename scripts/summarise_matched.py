@@ -10,6 +10,10 @@ with the baseline configuration whose mean is best.
     python scripts/summarise_matched.py runs/s0.json runs/s0-sqrt-mean.json runs/s1.json ... \
         --write BENCHMARKS.md
 
+A later input's row replaces an earlier one's for the same model, target, configuration and seed, so
+a rerun of one criterion (say causal alone, after a change to it) is pooled with the baselines' runs
+by listing it last.
+
 A file written before the JSON recorded its seed and normalisation takes them as suffixes:
 `FILE:NORMALISATION@SEED` (NORMALISATION as given to --group-normalisation; `auto` resolves per
 criterion).

@@ -63,6 +63,33 @@ def test_a_tie_between_baselines_is_named_alike_per_seed_and_over_the_seeds(tmp_
     assert "| 2x | 60.00 | 70.00 lamp · uniform (miss) | 60.00 **(miss)** | 70.00 lamp · uniform |" in text
 
 
+def test_a_later_input_replaces_an_earlier_ones_row(tmp_path):
+    summarise = load_script("summarise_matched")
+    first = write(tmp_path / "a.json", [row("causal", 60.0), row("l1", 62.0)])
+    rerun = write(tmp_path / "b.json", [row("causal", 65.0)])
+    table = summarise.load([f"{first}:auto@0", f"{rerun}:auto@0"])
+    assert table["m"][2.0][("causal", "global", 1, "sqrt-total")] == {0: 65.0}
+    assert "| 2x | 65.00 | 62.00 l1 · global mean | 65.00 | 62.00 l1 · global mean |" in summarise.render(table, "cmd")
+
+
+def test_int8_table_says_how_many_images_agreement_is_measured_on():
+    bench = load_script("bench_pipeline")
+    timing = {"cpu": {"batch_1": {"median_ms": 2.0}}}
+    parent = {"name": "causal-0.5", "accuracy": {"top1": 99.0}, "latency": timing}
+    twin = {
+        "name": "causal-0.5-int8",
+        "precision": "int8",
+        "parent": "causal-0.5",
+        "accuracy": {"top1": 98.5, "top1_drop_from_parent": 0.5},
+        "parity": {"top1_agreement": 31 / 32, "agreement_images": 32},
+        "latency": {"cpu": {"batch_1": {"median_ms": 1.0}}},
+    }
+    report = {"benchmark": {"providers": ["cpu"], "latency_batches": [1]}, "variants": [parent, twin]}
+    lines = bench.int8_table(report)
+    assert "top-1 agreement (32 images)" in lines[2]
+    assert "| causal-0.5-int8 | 98.50 | 99.00 | +0.50 | 96.9% | 2.00x |" in lines
+
+
 def test_pipeline_latency_table_says_whose_widths_the_random_rows_have():
     bench = load_script("bench_pipeline")
     report = {
