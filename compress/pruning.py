@@ -25,6 +25,7 @@ from .causal.graph import (
     CONSUMER_HANDLERS,
     build_dependency_graph,
     find_output_layers,
+    forward_with_hooks,
     group_root,
     prunable_groups,
 )
@@ -96,12 +97,7 @@ def _layers_run(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Modul
         for m in model.modules()
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example_inputs, handles)
     return list(dict.fromkeys(ran))
 
 

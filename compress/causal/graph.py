@@ -72,6 +72,17 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp
         ) from exc
 
 
+def forward_with_hooks(model: nn.Module, example_inputs: torch.Tensor, handles: list) -> None:
+    """One forward pass of `model` without gradients, for the hooks behind `handles` to watch; they are
+    removed afterwards, whatever happens."""
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ..progress import progress
 from .calibration import batch_images
-from .graph import ChannelGraph, build_channel_graph, layer_scores_from_groups
+from .graph import ChannelGraph, build_channel_graph, forward_with_hooks, layer_scores_from_groups
 
 SumAcross = Callable[[list[torch.Tensor]], None]
 
@@ -254,12 +254,7 @@ def read_by_batchnorm(model: nn.Module, names: list[str], example_inputs: torch.
 
     handles = [modules[n].register_forward_hook(remember(n)) for n in names]
     handles += [m.register_forward_pre_hook(check) for m in model.modules() if _is_batchnorm(m)]
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example_inputs, handles)
     return read
 
 
