@@ -65,8 +65,8 @@ def test_a_channel_nothing_reads_has_no_effect():
 
 
 class _ConstantChannels(nn.Module):
-    """conv1's channel 0 and conv2's channel 0 never vary (a constant after the ReLU). conv2 reads
-    conv1 with a batch norm after it; the classifier reads conv2 with none."""
+    """conv1's channel 0 and conv3's channel 0 never vary (a constant after the ReLU). conv2 reads
+    conv1 with a batch norm after it; the classifier reads conv3 (pooled) with none."""
 
     def __init__(self):
         super().__init__()
@@ -151,12 +151,12 @@ class _Stream(nn.Module):
         self.bn3 = nn.BatchNorm2d(8)
         self.fc = nn.Linear(16, 3)
 
-    def forward(self, x, stop=lambda t: t):
-        """`stop` is applied to every batch norm's input (the by-hand computation detaches there)."""
-        a = F.relu(self.bn0(stop(self.conv0(x))))
-        return self.head(F.relu(self.bn1(stop(self.conv1(a)))), stop)
+    def forward(self, x):
+        return self.head(F.relu(self.bn1(self.conv1(F.relu(self.bn0(self.conv0(x)))))))
 
     def head(self, c, stop=lambda t: t, c_side=None):
+        """From conv1's output on; `stop` is applied to every batch norm's input (the by-hand
+        computation detaches there) and `c_side` is what the shortcut reads (default: `c`)."""
         c_side = c if c_side is None else c_side
         y = F.relu(self.bn_inner(stop(self.inner(c))) + self.side(c_side))
         z = F.relu(self.bn3(stop(self.conv3(y))))
