@@ -199,13 +199,14 @@ class TotalEffectScorer:
                     twice = stops and bool(seen)
                     stopping[0] = False
                     full = torch.autograd.grad(g, [captured[n] for n in names], retain_graph=twice, allow_unused=True)
+                    gradients = dict(zip(names, full, strict=True))
                     if twice:
                         stopping[0] = True
                         second = torch.autograd.grad(g, [captured[n] for n in seen], allow_unused=True)
+                        unrepaired = dict(zip(seen, second, strict=True))
                     else:
-                        second = tuple(full[names.index(n)] for n in seen)
-                    unrepaired = dict(zip(seen, second, strict=True))
-                for name, grad in zip(names, full, strict=True):
+                        unrepaired = {n: gradients[n] for n in seen}
+                for name, grad in gradients.items():
                     x = captured[name].detach()
                     values, grads = _rows(x), _rows(_or_zeros(grad, x))
                     products[name].append((values * grads).sum(2).double())
