@@ -77,6 +77,28 @@ def test_importances_npz_names_every_criterion_group_and_layer(default_run):
     assert not np.array_equal(scores["causal/group:conv1"], scores["l1/group:conv1"])
 
 
+def test_every_onnx_file_of_a_run_says_how_to_feed_it(default_run, capsys):
+    from compress import get_spec
+    from compress.onnx_info import read_onnx_info
+
+    _, out = default_run
+    spec = get_spec("digits-cnn")
+    files = [*sorted(out.glob("onnx/*.onnx")), out / "model.onnx"]
+    assert any(f.name.endswith("-int8.onnx") for f in files) and len(files) > 10
+    for path in files:
+        size, mean, std = read_onnx_info(path).preprocessing()
+        assert size == spec.input_size, path.name
+        np.testing.assert_allclose(mean, spec.mean, rtol=1e-5, err_msg=path.name)
+        np.testing.assert_allclose(std, spec.std, rtol=1e-5, err_msg=path.name)
+    # fed by its metadata alone (no --mean, --std or --image-size), model.onnx scores what the run reported
+    capsys.readouterr()
+    assert main(["bench", str(out / "model.onnx"), "--json", "--batch", "1", *FAST]) == 0
+    benched = json.loads(capsys.readouterr().out)["variants"][0]["accuracy"]["top1"]
+    report = json.loads((out / "report.json").read_text())
+    shipped = next(v for v in report["variants"] if v["name"] == report["chosen"]["variant"])
+    assert benched == pytest.approx(shipped["accuracy"]["top1"], abs=1e-6)
+
+
 def test_default_report_compares_causal_with_random_and_l1(default_run):
     _, out = default_run
     report = json.loads((out / "report.json").read_text())
@@ -102,6 +124,18 @@ def test_default_report_compares_causal_with_random_and_l1(default_run):
         if v["precision"] == "fp32" and v["criterion"]
     ]
     assert min(gains) > 0 and sum(gains) / len(gains) > 20
+
+
+def test_pruned_widths_are_multiples_of_the_default_round_to(default_run):
+    from compress.config import RunConfig
+
+    _, out = default_run
+    report = json.loads((out / "report.json").read_text())
+    assert RunConfig().round_to == 4 and report["config"]["round_to"] == 4
+    pruned = [v for v in report["variants"] if v["criterion"] and v["precision"] == "fp32"]
+    assert len(pruned) == 10  # causal, l1 and three random seeds at two ratios
+    for v in pruned:
+        assert all(width % 4 == 0 for layer, width in v["widths"].items() if layer != "fc"), v["name"]
 
 
 def test_the_most_pruned_causal_variant_within_the_tolerance_ships(default_run, digits_splits):
@@ -393,6 +427,27 @@ def test_terminated_run_leaves_nothing_that_looks_complete(tmp_path):
     assert process.wait(timeout=60) == 130
     assert not out.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_is_exit_130_with_one_line_and_nothing_written(tmp_path, capsys, monkeypatch):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compress.pipeline.run", interrupted)
+    assert main(["run", "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    # click ends the terminal's "^C" line with a newline of its own; then the one message
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert lines == ["compress: interrupted; no results were written"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bug_is_not_dressed_as_bad_input(tmp_path, monkeypatch):
+    def broken(config):
+        raise RuntimeError("a bug in a stage")
+
+    monkeypatch.setattr("compress.pipeline.run", broken)
+    with pytest.raises(RuntimeError, match="a bug in a stage"):  # its traceback reaches the user
+        main(["run", "--out", str(tmp_path / "out"), "--quiet"])
 
 
 def test_every_config_field_has_a_flag_with_the_same_default():

@@ -68,6 +68,9 @@ def test_int8_twin_is_qdq_per_channel_and_keeps_accuracy(tmp_path, digits_splits
     conv = next(n for n in proto.graph.node if n.op_type == "Conv")
     weight_dq = next(n for n in proto.graph.node if n.output[0] == conv.input[1])
     assert list(scales[weight_dq.input[1]].dims) == [32]  # one scale per output channel of conv1
+    assert result.per_channel and result.reduce_range
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64  # 7 bits: no overflow without VNNI
     evaluation = digits_splits.loader("evaluation", 128)
     fp32_top1 = onnx_accuracy(make_session(fp32), evaluation)["top1"]
     int8_top1 = onnx_accuracy(make_session(result.path), evaluation)["top1"]

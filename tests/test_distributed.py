@@ -89,3 +89,22 @@ def test_two_processes_under_torchrun_match_one(tmp_path):
     # rank 0 alone wrote, once; the other rank's scratch directory is gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     assert not [n for n in set(os.listdir(tempfile.gettempdir())) - scratch_before if n.startswith("compress-rank")]
+
+
+def test_a_failing_run_under_torchrun_says_why_in_one_line_and_exits_1(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    out = tmp_path / "out"
+    missing = tmp_path / "missing"
+    result = subprocess.run(
+        [*launch, "-m", "compress", "run", "--out", str(out), "--data", str(missing), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 1  # torchrun's own code when a rank fails (each rank exited with 2)
+    # each rank that failed says why in one line; what follows is torchrun's own summary
+    ours = [line for line in result.stderr.splitlines() if line.startswith("compress: ")]
+    assert ours and all(line.startswith(f"compress: error: data not found: {missing}") for line in ours)
+    assert not out.exists() and not list(tmp_path.iterdir())

@@ -24,6 +24,32 @@ from compress.export import check_parity, export_onnx
 from compress.zoo import DigitsCNN
 
 
+def test_every_export_passes_the_full_onnx_check(tmp_path, monkeypatch):
+    full_checks = []
+    check = onnx.checker.check_model
+
+    def spy(proto, *args, **kwargs):
+        full_checks.append(kwargs.get("full_check", args[1] if len(args) > 1 else False))
+        return check(proto, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", spy)
+    for exporter in ("dynamo", "torchscript"):
+        full_checks.clear()
+        export_onnx(randomise_batchnorm(DigitsCNN()), torch.randn(2, 1, 8, 8), tmp_path / "m.onnx", exporter=exporter)
+        assert True in full_checks, exporter  # with shape inference, not only the structural check
+
+
+def test_sessions_state_their_threads_and_do_not_spin(tmp_path):
+    from compress.benchmark import default_threads
+
+    path = export_onnx(randomise_batchnorm(DigitsCNN()), torch.randn(2, 1, 8, 8), tmp_path / "m.onnx").path
+    options = make_session(path).get_session_options()
+    # idle pools of the other sessions being timed in turn would otherwise steal the timed one's cores
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == default_threads() and options.inter_op_num_threads == 1
+    assert make_session(path, threads=3).get_session_options().intra_op_num_threads == 3
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path, exporter):
     model = randomise_batchnorm(DigitsCNN())

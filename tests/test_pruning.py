@@ -130,6 +130,25 @@ def test_pruned_checkpoint_round_trips_with_weights_only(tmp_path):
     assert layer_widths(loaded) == layer_widths(result.model)
 
 
+class _Payload:
+    """Any class: unpickling an instance runs code named in the file."""
+
+
+def test_a_pruned_checkpoint_holding_pickled_objects_is_refused(tmp_path, capsys):
+    from compress.cli import main
+    from compress.errors import ModelError
+    from compress.serialization import PRUNED_FORMAT
+
+    path = tmp_path / "pruned.pt"
+    torch.save({"format": PRUNED_FORMAT, "architecture": "digits-cnn", "extra": _Payload()}, path)
+    with pytest.raises(ModelError, match="holds pickled Python objects"):
+        load_pruned(path)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--pruned", str(path), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "holds pickled Python objects" in err[0] and not out.exists()
+
+
 class _NoGradBody(nn.Module):
     """Convolutions under torch.no_grad: invisible to torch-pruning's autograd trace."""
 
