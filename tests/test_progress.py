@@ -34,7 +34,9 @@ def test_progress_shows_on_a_terminal_unless_quiet(not_quiet, monkeypatch):
     monkeypatch.setattr("sys.stderr", stderr)
     assert list(progress.progress(range(3), desc="scoring")) == [0, 1, 2]
     assert "scoring" in stderr.getvalue()
-    assert not progress.progress_bar(3).disable
+    bar = progress.progress_bar(3)
+    assert not bar.disable
+    bar.close()
     progress.set_quiet(True)  # --quiet and --json
     assert progress.progress_bar(3).disable
     assert list(progress.progress(range(2), desc="quiet")) == [0, 1] and "quiet" not in stderr.getvalue()
