@@ -18,6 +18,8 @@ from compress.cli import main
 from compress.distributed import Distributed
 
 FAST = ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def test_shards_partition_the_data_without_padding():
@@ -53,14 +55,12 @@ def test_two_processes_under_torchrun_match_one(tmp_path):
     common = ["--calibration-size", "300", "--ratios", "0.3", "--criteria", "causal", "--finetune-epochs", "1"]
     common += ["--quiet", *FAST]
     scratch_before = set(os.listdir(tempfile.gettempdir()))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = tmp_path / "two"
     result = subprocess.run(
-        [*launch, "-m", "compress", "run", "--out", str(two), *common],
+        [*TORCHRUN, "-m", "compress", "run", "--out", str(two), *common],
         capture_output=True,
         text=True,
-        env=env,
+        env=TORCHRUN_ENV,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -92,15 +92,13 @@ def test_two_processes_under_torchrun_match_one(tmp_path):
 
 
 def test_a_failing_run_under_torchrun_says_why_in_one_line_and_exits_1(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     out = tmp_path / "out"
     missing = tmp_path / "missing"
     result = subprocess.run(
-        [*launch, "-m", "compress", "run", "--out", str(out), "--data", str(missing), "--quiet"],
+        [*TORCHRUN, "-m", "compress", "run", "--out", str(out), "--data", str(missing), "--quiet"],
         capture_output=True,
         text=True,
-        env=env,
+        env=TORCHRUN_ENV,
         timeout=300,
     )
     assert result.returncode == 1  # torchrun's own code when a rank fails (each rank exited with 2)
