@@ -1,5 +1,5 @@
 """`python -m compress` is the `compress` command (and what `torchrun -m compress` launches)."""
 
-from .cli import console_main
+from ._console import console_main
 
 console_main()

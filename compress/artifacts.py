@@ -16,7 +16,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,18 @@ def scratch_directory(prefix: str) -> Iterator[Path]:
         _UNFINISHED.discard(path)
 
 
-def check_output_dir(target: str | Path, force: bool) -> Path:
-    """`target` as an absolute path, or an OutputError if it exists and may not be replaced."""
+def check_output_dir(target: str | Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """`target` as an absolute path, or an OutputError if it exists and may not be replaced.
+
+    Even with `force`, only a directory compress wrote (it has a manifest.json) or an empty one is
+    replaced, and never one that holds the current directory or one of the run's `inputs`: --force
+    means "replace my old results", not "delete whatever is there".
+    """
+    if not str(target).strip():
+        raise OutputError("the output directory is empty; give --out a directory name")
     target = Path(target).expanduser().absolute()
+    if target.is_symlink() and not target.exists():
+        raise OutputError(f"output path {target} is a broken symbolic link; remove it or choose another --out")
     if target.exists():
         if not force:
             raise OutputError(
@@ -108,6 +117,17 @@ def check_output_dir(target: str | Path, force: bool) -> Path:
             )
         if not target.is_dir():
             raise OutputError(f"output path {target} exists and is not a directory")
+        resolved = target.resolve()
+        held = [Path.cwd(), *(Path(p).expanduser() for p in inputs if p)]
+        for path in held:
+            if path.exists() and path.resolve().is_relative_to(resolved):
+                what = "the current directory" if path == held[0] else f"the input {path}"
+                raise OutputError(f"refusing to replace {target}: it holds {what}; choose another --out")
+        if any(target.iterdir()) and not (target / "manifest.json").is_file():
+            raise OutputError(
+                f"refusing to replace {target}: it is not a compress output directory (no manifest.json); "
+                "choose another --out or remove it yourself"
+            )
     return target
 
 
@@ -117,8 +137,8 @@ class OutputDir:
     Use as a context manager: leaving it by an exception removes the staging area.
     """
 
-    def __init__(self, target: str | Path, force: bool = False):
-        self.target = check_output_dir(target, force)
+    def __init__(self, target: str | Path, force: bool = False, inputs: Iterable[str | Path | None] = ()):
+        self.target = check_output_dir(target, force, inputs)
         self.force = force
         parent = self.target.parent
         try:
@@ -200,6 +220,8 @@ class OutputFiles:
 
     def stage(self, target: str | Path) -> Path:
         target = Path(target).expanduser().absolute()
+        if target.is_symlink() and not target.exists():
+            raise OutputError(f"output path {target} is a broken symbolic link; remove it or choose another output")
         if target.exists() and not self.force:
             raise OutputError(f"{target} already exists; choose another output or pass --force to replace it")
         if target.is_dir():

@@ -8,6 +8,8 @@ flags say for files from elsewhere.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,10 @@ from typing import Any
 
 from . import __version__
 from .artifacts import environment, sha256
-from .benchmark import LatencySettings, make_session, onnx_accuracy, resolve_providers, time_providers
+from .benchmark import LatencySettings, make_session, onnx_accuracy, resolve_providers, run_batched, time_providers
 from .data import load_data
-from .errors import ConfigError
-from .onnx_info import OnnxInfo, read_onnx_info
+from .errors import ConfigError, OutputError
+from .onnx_info import OnnxInfo, format_shape, not_a_classifier, read_onnx_info
 
 
 @dataclass
@@ -38,18 +40,38 @@ class BenchSettings:
     latency: LatencySettings | None = None
     accuracy: bool = True
 
+    def validate(self) -> BenchSettings:
+        """Check the sizes (raise ConfigError naming the flag); returns self. Before any file or data is
+        read, so a typo fails at once rather than after loading a data set."""
+        if not self.batches:
+            raise ConfigError("--batch: give at least one batch size to time, e.g. --batch 1,32")
+        for b in self.batches:
+            if not _is_int(b) or b < 1:
+                raise ConfigError(f"--batch: batch sizes must be integers >= 1, got {b!r}; e.g. --batch 1,32")
+        for flag, value in (("--batch-size", self.batch_size), ("--eval-size", self.eval_size)):
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}")
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if values is not None and not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{flag} values must be finite numbers, got {','.join(map(str, values))}")
+        if self.std is not None and not all(v > 0 for v in self.std):
+            raise ConfigError(f"--std values must be positive, got {','.join(map(str, self.std))}")
+        return self
+
 
 def bench_files(paths: Sequence[str | Path], settings: BenchSettings | None = None) -> dict[str, Any]:
     """Benchmark the ONNX files `paths` (the first is the baseline); returns the bench report."""
     settings = settings or BenchSettings()
     latency = settings.latency or LatencySettings()
     latency.validate()
+    settings.validate()
     if not paths:
         raise ConfigError("give at least one ONNX file to benchmark")
-    if any(b < 1 for b in settings.batches):
-        raise ConfigError(f"batch sizes must be positive, got {settings.batches}")
     infos = [read_onnx_info(p) for p in paths]
     names = _variant_names(infos)
+    if settings.accuracy:  # top-k needs (batch, classes) scores; timing alone takes any output
+        for info in infos:
+            info.check_classifier_output()
     input_size, mean, std = _preprocessing(infos, settings)
     providers = resolve_providers(settings.providers)
     splits = load_data(
@@ -63,6 +85,8 @@ def bench_files(paths: Sequence[str | Path], settings: BenchSettings | None = No
         seed=settings.seed,
         download=settings.download,
     )
+    if settings.accuracy:
+        _check_class_counts(infos, splits.num_classes, settings.data)
     batches = sorted(set(settings.batches))
     for info in infos:
         if info.fixed_batch is not None and any(b != info.fixed_batch for b in batches):
@@ -75,6 +99,10 @@ def bench_files(paths: Sequence[str | Path], settings: BenchSettings | None = No
     records: list[dict[str, Any]] = []
     files = dict(zip(names, (info.path for info in infos), strict=True))
     sessions = {name: make_session(path, providers[0], settings.threads) for name, path in files.items()}
+    for name, info in zip(names, infos, strict=True):
+        _probe(
+            sessions[name], info, inputs[batches[0]], splits.num_classes if settings.accuracy else None, settings.data
+        )
     for name, info in zip(names, infos, strict=True):
         records.append(
             {
@@ -147,16 +175,96 @@ def _preprocessing(infos: list[OnnxInfo], settings: BenchSettings):
     """The input size, mean and std every file is fed with: flags first, then the files' metadata."""
     found = [info.preprocessing() for info in infos]
     size = found[0][0] or (tuple(infos[0].input_shape) if all(infos[0].input_shape) else None)
-    if settings.image_size is not None and size is not None:
-        size = (size[0], settings.image_size, settings.image_size)
+    channels = size[0] if size is not None else infos[0].input_shape[0]
+    if settings.image_size is not None and channels is not None:
+        size = (channels, settings.image_size, settings.image_size)
     if size is None:
         raise ConfigError(f"{infos[0].path} does not say its input size; pass --image-size")
-    for info in infos[1:]:
+    # A dimension the file fixes cannot be fed another size: onnxruntime would refuse it mid-run.
+    for info in infos:
         shape = info.input_shape
-        if all(shape) and tuple(shape) != tuple(size):
-            raise ConfigError(f"{info.path} takes input {tuple(shape)}, but {infos[0].path} takes {tuple(size)}")
+        if all(d is None or d == s for d, s in zip(shape, size, strict=True)):
+            continue
+        if settings.image_size is not None and shape[1:] != tuple(size[1:]) and shape[1] and shape[2]:
+            hint = f"pass --image-size {shape[1]} or leave it out" if shape[1] == shape[2] else "leave it out"
+            raise ConfigError(
+                f"{info.path} takes {shape[1]}x{shape[2]} images (fixed in the file), not --image-size "
+                f"{settings.image_size}; {hint}"
+            )
+        if info is infos[0]:  # its metadata says one size, its graph another
+            raise ConfigError(
+                f"{info.path} takes input {format_shape(shape)} (fixed in the file) but its compress.input_size "
+                f"metadata says {tuple(size)}; re-export the file with matching metadata"
+            )
+        raise ConfigError(
+            f"{info.path} takes input {format_shape(shape)}, but {infos[0].path} takes {tuple(size)}; "
+            "benchmark files of one input size together"
+        )
     mean = settings.mean or found[0][1]
     std = settings.std or found[0][2]
     if mean is None or std is None:
         raise ConfigError(f"{infos[0].path} carries no normalisation metadata; pass --mean and --std")
     return tuple(size), tuple(mean), tuple(std)
+
+
+def check_report_path(report: str | Path, paths: Sequence[str | Path]) -> Path:
+    """The --report file, refused (ConfigError, OutputError) when empty or one of the benchmarked
+    `paths`: --force replaces existing reports, never the files being measured."""
+    if not str(report).strip():
+        raise ConfigError("--report is empty; give the JSON file to write, e.g. --report bench.json")
+    target = Path(report).expanduser()
+    for path in paths:
+        if _same_file(target, Path(path)):
+            raise OutputError(
+                f"--report {report} is the benchmarked file {path}; writing the report would replace it "
+                "(even with --force); choose another --report file"
+            )
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same resolved path, or (for links) the same inode."""
+    if a.resolve() == b.expanduser().resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): they cannot be one file
+        return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_class_counts(infos: list[OnnxInfo], data_classes: int, data: str) -> None:
+    """Top-1 of a file scoring other classes than the data's labels is meaningless: refuse it, as
+    `compress run` and `export` refuse weights for other classes."""
+    for info in infos:
+        if info.num_classes is not None and info.num_classes != data_classes:
+            raise _other_classes(info.path, info.num_classes, data_classes, data)
+
+
+def _other_classes(path: Path, found: int, classes: int, data: str) -> ConfigError:
+    return ConfigError(
+        f"{path} has {found} output classes but the data ({data}) has {classes}; "
+        "use data with the file's classes (--data), or pass --no-accuracy to time it only"
+    )
+
+
+def _probe(session: Any, info: OnnxInfo, images: Any, classes: int | None, data: str) -> None:
+    """One call on real images before timing: a file that fails at run time (a reshape fixed to
+    another input size) or, with `classes`, gives other than (batch, classes) scores is named in one
+    line, where the graph alone could not tell."""
+    try:
+        out = run_batched(session, images)
+    except Exception as exc:  # onnxruntime raises its own (multi-line) error types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"onnxruntime cannot run {info.path} on {tuple(images.shape)} float32 images: {first}"
+        ) from exc
+    if classes is None:
+        return
+    if out.ndim != 2:
+        raise not_a_classifier(info.path, tuple(out.shape))
+    if out.shape[1] != classes:
+        raise _other_classes(info.path, out.shape[1], classes, data)

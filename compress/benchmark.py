@@ -177,8 +177,10 @@ class LatencySettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"latency {field_name} must be an integer >= {minimum}, got {value!r}")
         for field_name in ("min_seconds", "window_seconds", "slice_seconds"):
-            if not getattr(self, field_name) >= 0:
-                raise ConfigError(f"latency {field_name} must be >= 0, got {getattr(self, field_name)!r}")
+            if not 0 <= getattr(self, field_name) < math.inf:
+                raise ConfigError(
+                    f"latency {field_name} must be a finite number >= 0, got {getattr(self, field_name)!r}"
+                )
         if self.max_runs < self.runs:
             raise ConfigError(f"latency max_runs ({self.max_runs}) must be >= runs ({self.runs})")
 

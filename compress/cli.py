@@ -17,18 +17,18 @@ import warnings
 import click
 
 from . import __version__
+from ._console import EXIT_INTERRUPTED
 from .allocation import ALLOCATIONS, DEFAULT_NORMALISATION, NORMALISATIONS
 from .artifacts import remove_unfinished
-from .config import DEFAULT_RATIOS, RunConfig, config_to_toml, read_config_file
+from .config import DEFAULT_RATIOS, PROVIDER_CHOICES, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
 from .errors import EXIT_GATE_FAILED, EXIT_OK, CompressError, CompressWarning, ConfigError, collect_warnings
 from .export import EXPORTERS
 from .training import AUGMENTATIONS, SCHEDULES
 
-PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
-
 _state = {"debug": False}
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+# click >= 8.2 raises this for a group called without a command; earlier versions print the help.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class _CommaList(click.ParamType):
@@ -41,7 +41,9 @@ class _CommaList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, (tuple, list)):
             return tuple(value)
-        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        items = [v.strip() for v in str(value).split(",")] if str(value).strip() else []
+        if "" in items:  # "0.3,,0.5": a value was left out, not meant
+            self.fail(f"{value!r} has an empty item; separate the values by single commas", param, ctx)
         try:
             converted = tuple(self.item_type(v) for v in items)
         except ValueError:
@@ -474,8 +476,10 @@ def explain(
     from .explain import explain as run_explain
 
     _configure_output(quiet or as_json)
-    # Only the file's keys that are explain's own: its output directory is not the run's.
-    config = _resolve_run_config(click.get_current_context(), config_file, (), options, only=set(options))
+    # Only the file's model, data and scoring keys: its output directory (and --force) are the run's,
+    # and replacing a run's results from explain's command line would surprise anyone.
+    own = set(options) - {"out", "force"}
+    config = _resolve_run_config(click.get_current_context(), config_file, (), options, only=own)
     summary = run_explain(
         config, criterion=criterion, tsne_layer=tsne_layer, n_filters=n_filters, image_index=image_index
     )
@@ -527,8 +531,16 @@ def export_command(
     as metadata; onnx.checker and shape inference must pass, and the logits must match PyTorch's
     within --parity-tolerance, else nothing is written.
     """
+    from click.core import ParameterSource
+
     from .export_job import export_model
 
+    ctx = click.get_current_context()
+    given = [
+        f"--{name}" for name in ("model", "weights") if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    ]
+    if pruned and given:  # the pruned.pt names its own architecture and holds its weights
+        raise click.UsageError(f"--pruned brings its own model and weights: drop {' and '.join(given)}", ctx)
     _configure_output(quiet or as_json)
     summary = export_model(
         RunConfig(**options),
@@ -602,10 +614,12 @@ def bench_command(
     efficiency sets each against the speed-up its MACs promise.
     """
     from .artifacts import OutputFiles
-    from .bench_job import BenchSettings, bench_files
+    from .bench_job import BenchSettings, bench_files, check_report_path
     from .benchmark import LatencySettings
 
     _configure_output(quiet or as_json)
+    if report_path is not None:  # before the benchmark, and whatever --force says
+        check_report_path(report_path, files)
     settings = BenchSettings(
         providers=providers or None,
         batches=batches,
@@ -618,7 +632,7 @@ def bench_command(
         **options,
     )
     with OutputFiles(force=force) as outputs:
-        staged = outputs.stage(report_path) if report_path else None
+        staged = outputs.stage(report_path) if report_path is not None else None
         report = bench_files(files, settings)
         if staged is not None:
             staged.write_text(json.dumps(report, indent=2) + "\n")
@@ -833,6 +847,9 @@ def _main(argv: list[str] | None) -> int:
         with collect_warnings():  # each distinct warning once, as one line
             result = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except _NO_ARGS_IS_HELP as exc:  # `compress` or `compress config` alone: the help, as click shows it
+        exc.show()
         return exc.exit_code
     except click.UsageError as exc:  # one line, like every other bad input
         command = exc.ctx.command_path if exc.ctx else "compress"

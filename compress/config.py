@@ -31,6 +31,7 @@ from .export import EXPORTERS
 from .training import AUGMENTATIONS, SCHEDULES, TrainSettings
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.5)
+PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")  # what --provider accepts (onnxruntime execution providers)
 
 
 @dataclass
@@ -106,6 +107,11 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every field; raise ConfigError naming the first bad one. Returns self."""
+        for field in dataclasses.fields(self):  # nan passes every comparison below, inf most of them
+            value = getattr(self, field.name)
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{field.name} must be a finite number, got {item!r}")
         self.ratios = tuple(sorted(set(float(r) for r in self.ratios)))
         if not self.ratios and self.target_macs_ratio is None and self.target_speedup is None:
             # with a target, its ratio alone may be pruned (--ratios "")
@@ -168,6 +174,11 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not value >= 0 or math.isinf(value)):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        for provider in self.providers or ():
+            if provider not in PROVIDER_CHOICES:
+                raise ConfigError(
+                    f"providers: unknown provider {provider!r}; choose from {', '.join(PROVIDER_CHOICES)}"
+                )
         if self.exporter not in EXPORTERS:
             raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
         if self.ship_int8:
@@ -255,12 +266,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})") from exc
-    if set(data) == {"run"} and isinstance(data["run"], Mapping):  # a [run] table is accepted too
+    if isinstance(data.get("run"), Mapping):  # a [run] table is accepted too, but not half of one
+        others = sorted(set(data) - {"run"})
+        if others:
+            raise ConfigError(f"{path}: key {others[0]!r} is outside the [run] table; put every key in [run] or none")
         data = dict(data["run"])
     types = typing.get_type_hints(RunConfig)
-    settings = {}
+    settings: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for raw_key, value in data.items():
         key = raw_key.replace("-", "_")
+        if key in spelled:  # latency-batch and latency_batch are one key: which one was meant?
+            raise ConfigError(f"{path}: {spelled[key]!r} and {raw_key!r} are the same key; keep one")
+        spelled[key] = raw_key
         if key not in types:
             close = difflib.get_close_matches(key, config_keys(), n=1)
             hint = f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""

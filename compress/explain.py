@@ -36,7 +36,7 @@ def explain(
 ) -> dict[str, Any]:
     """Fit `criterion` on the calibration images and write pictures, importances and a summary."""
     config.validate()
-    with OutputDir(config.out, force=config.force) as out:
+    with OutputDir(config.out, force=config.force, inputs=(config.weights, config.data)) as out:
         start = time.perf_counter()
         spec = get_spec(config.model, trust_code=config.trust_code)
         splits = load_splits(config, spec.input_size, spec.mean, spec.std)

@@ -153,10 +153,11 @@ def _output_dir(config: RunConfig, distributed: Distributed) -> Iterator[OutputD
     """The staged output directory on rank 0; a scratch one, removed afterwards, on the others
     (their exported files only serve their share of the ONNX accuracy)."""
     if distributed.is_main:
-        with OutputDir(config.out, force=config.force) as out:
+        with OutputDir(config.out, force=config.force, inputs=(config.weights, config.data)) as out:
             yield out
         return
-    check_output_dir(config.out, config.force)  # fail like rank 0 rather than wait for it
+    # fail like rank 0 rather than wait for it
+    check_output_dir(config.out, config.force, (config.weights, config.data))
     with (
         scratch_directory(f"compress-rank{distributed.rank}-") as scratch,
         OutputDir(Path(scratch) / "out") as out,

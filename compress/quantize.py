@@ -60,7 +60,8 @@ def quantize_int8(
     if method not in methods:
         raise ExportError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
     fp32_path, path = Path(fp32_path), Path(path)
-    reader = _CalibrationReader(_input_name(fp32_path), calibration, max_images)
+    input_name, static_batch = _input_of(fp32_path)
+    reader = _CalibrationReader(input_name, calibration, max_images, static_batch)
     if reader.images == 0:
         raise ExportError("INT8 calibration needs at least one calibration image")
     start = time.perf_counter()
@@ -95,27 +96,35 @@ def quantize_int8(
     )
 
 
-def _input_name(path: Path) -> str:
+def _input_of(path: Path) -> tuple[str, int | None]:
+    """The model's input name, and its batch size when the file fixes one (--static-batch)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in proto.graph.initializer}
-    return next(i.name for i in proto.graph.input if i.name not in initializers)
+    graph_input = next(i for i in proto.graph.input if i.name not in initializers)
+    batch = graph_input.type.tensor_type.shape.dim[0]
+    return graph_input.name, (batch.dim_value if batch.HasField("dim_value") else None)
 
 
 class _CalibrationReader:
     """onnxruntime's CalibrationDataReader protocol over our batches (`get_next` until None)."""
 
-    def __init__(self, input_name: str, batches: Iterable, max_images: int):
-        self.feeds: list[dict[str, np.ndarray]] = []
-        self.images = 0
+    def __init__(self, input_name: str, batches: Iterable, max_images: int, static_batch: int | None = None):
+        kept, self.images = [], 0
         for batch in batches:
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             images = images[: max_images - self.images]
             if len(images) == 0:
                 break
-            self.feeds.append({input_name: np.ascontiguousarray(images.numpy(), dtype=np.float32)})
+            kept.append(np.ascontiguousarray(images.numpy(), dtype=np.float32))
             self.images += len(images)
+        if static_batch and kept:  # a file with a fixed batch takes feeds of exactly that size
+            images = np.concatenate(kept)
+            images = np.concatenate([images] * -(-static_batch // len(images)))  # too few: repeated
+            usable = len(images) - len(images) % static_batch
+            kept = list(np.split(images[:usable], usable // static_batch))
+        self.feeds = [{input_name: chunk} for chunk in kept]
         self._iter = iter(self.feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

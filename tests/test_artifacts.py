@@ -11,7 +11,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compress.artifacts import OutputDir, OutputFiles, remove_unfinished, scratch_directory, sha256
+from compress.artifacts import (
+    OutputDir,
+    OutputFiles,
+    check_output_dir,
+    remove_unfinished,
+    scratch_directory,
+    sha256,
+)
 from compress.cli import main
 from compress.errors import OutputError
 from compress.zoo import CHECKPOINTS_DIR
@@ -106,3 +113,44 @@ def test_a_cancel_removes_every_staged_and_scratch_path_but_nothing_committed(tm
         assert not scratch.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["done"]
     assert (tmp_path / "done" / "report.json").exists()
+
+
+def test_force_replaces_old_results_but_never_inputs_the_working_directory_or_other_files(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    assert check_output_dir(old, force=True) == old  # a previous result may be replaced
+    (tmp_path / "empty").mkdir()
+    assert check_output_dir(tmp_path / "empty", force=True) == tmp_path / "empty"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    with pytest.raises(OutputError, match="not a compress output directory"):
+        check_output_dir(mine, force=True)
+    (old / "weights.pt").write_text("the run's input")
+    with pytest.raises(OutputError, match="holds the input"):
+        check_output_dir(old, force=True, inputs=[None, old / "weights.pt"])
+    monkeypatch.chdir(old)
+    for target in (".", tmp_path):  # the working directory, or a directory above it
+        with pytest.raises(OutputError, match="holds the current directory"):
+            check_output_dir(target, force=True)
+    with pytest.raises(OutputError, match="is empty"):
+        check_output_dir("", force=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match="broken symbolic link"):
+        check_output_dir(tmp_path / "dangling", force=False)
+    with pytest.raises(OutputError, match="broken symbolic link"), OutputFiles(force=True) as files:
+        files.stage(tmp_path / "dangling")
+    assert (tmp_path / "dangling").is_symlink() and (mine / "notes.txt").exists()
+
+
+def test_run_with_force_into_the_folder_of_its_weights_is_refused(tmp_path, capsys):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    weights = folder / "digits_cnn.pt"
+    weights.write_bytes((CHECKPOINTS_DIR / "digits_cnn.pt").read_bytes())
+    assert main(["run", "--weights", str(weights), "--out", str(folder), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the input" in err[0]
+    assert weights.read_bytes() == (CHECKPOINTS_DIR / "digits_cnn.pt").read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["digits_cnn.pt"]

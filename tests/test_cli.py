@@ -293,6 +293,7 @@ def test_torchvision_model_with_weights_and_image_folder(tmp_path):
     [
         (["--ratios", "0.5,1.5"], "ratios: each pruning ratio must be in (0, 1), got 1.5"),
         (["--ratios", "abc"], "is not a comma-separated list"),
+        (["--ratios", "0.3,,0.5"], "has an empty item; separate the values by single commas"),
         (["--criteria", "causal,magic"], "'magic' is not one of"),
         (["--model", "resnet181"], "did you mean 'resnet18'"),
         (["--weights", "/nonexistent/w.pt"], "checkpoint not found: /nonexistent/w.pt"),
@@ -328,6 +329,7 @@ def test_force_replaces_an_output_with_a_run_of_the_reference_and_intervention_c
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("an earlier run")
+    (out / "manifest.json").write_text("{}")  # what makes it an earlier result --force may replace
     args = ["run", "--out", str(out), "--force", "--criteria", "causal-reference,intervention", "--ratios", "0.5"]
     args += ["--intervention-images", "32", "--calibration-size", "300", "--no-recalibrate", *FAST]
     args += ["--allocation", "uniform"]  # every group, conv1 included, loses half: which half is the criterion's
@@ -439,6 +441,38 @@ def test_ctrl_c_is_exit_130_with_one_line_and_nothing_written(tmp_path, capsys, 
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
     assert lines == ["compress: interrupted; no results were written"]
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_while_the_command_starts_is_honoured(tmp_path):
+    # The interrupt arrives while the command line is being imported, as a Ctrl-C in the first
+    # seconds does; torch-pruning imports timm inside a bare `except:` that would swallow it.
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    program = (
+        "import os, signal, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'compress.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['compress', 'run', '--out', sys.argv[1], '--ratios', '0.3']\n"
+        "from compress._console import console_main\n"
+        "console_main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == ["compress: interrupted; no results were written"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_command_group_alone_shows_its_help_not_an_error_line(capsys):
+    for args, usage in (([], "Usage: compress [OPTIONS] COMMAND"), (["config"], "Usage: compress config")):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(usage) and "compress: error" not in captured.err
+        assert "Commands:" in captured.err and captured.out == ""
 
 
 def test_a_bug_is_not_dressed_as_bad_input(tmp_path, monkeypatch):

@@ -45,6 +45,8 @@ def test_config_show_prints_toml_that_reads_back_to_the_same_configuration(tmp_p
         ("ratios = 0.3\n", "ratios must be a list"),
         ("force = 1\n", "force must be true or false, got 1"),
         ("ratios = [0.3\n", "is not valid TOML"),
+        ("seed = 2\n[run]\nratios = [0.3]\n", "key 'seed' is outside the [run] table"),
+        ("latency_batch = 32\nlatency-batch = 16\n", "'latency_batch' and 'latency-batch' are the same key"),
     ],
 )
 def test_bad_config_files_name_the_key(tmp_path, capsys, text, message):
@@ -58,9 +60,47 @@ def test_bad_config_files_name_the_key(tmp_path, capsys, text, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unknown_provider_in_a_config_file_is_refused_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "gpu.toml"
+    path.write_text('providers = ["gpu"]\n')
+    for command in (["config", "show"], ["run", "--out", str(tmp_path / "out")]):
+        assert main([*command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["compress: error: providers: unknown provider 'gpu'; choose from cpu, cuda, tensorrt"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_gate_thresholds_are_refused():
     with pytest.raises(ConfigError, match="min_speedup must be a finite number >= 0"):
         RunConfig(min_speedup=-1).validate()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ridge", float("nan")),
+        ("parity_tolerance", float("nan")),
+        ("accuracy_tolerance", float("nan")),
+        ("latency_min_seconds", float("inf")),
+        ("finetune_weight_decay", float("inf")),
+        ("distill_temperature", float("inf")),
+        ("mean", (0.5, float("nan"), 0.5)),
+        ("std", (float("inf"),)),
+    ],
+)
+def test_nan_and_infinity_are_refused_where_a_number_is_expected(field, value):
+    # nan passes `value < 0`-style checks, so every float field is checked for being finite first
+    with pytest.raises(ConfigError, match=f"{field} must be a finite number"):
+        RunConfig(**{field: value}).validate()
+
+
+def test_an_infinite_timing_option_is_one_line_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="window_seconds must be a finite number"):
+        LatencySettings(window_seconds=float("inf")).validate()
+    assert main(["run", "--latency-min-seconds", "inf", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["compress: error: latency_min_seconds must be a finite number, got inf"]
+    assert not list(tmp_path.iterdir())
 
 
 def _run(tmp_path, name, *gates):
@@ -297,3 +337,16 @@ def test_explain_reads_the_model_and_scoring_keys_of_a_run_config(tmp_path, caps
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["ridge"] == 0.5 and manifest["config"]["out"] == str(out)  # not the run's out
     assert not (tmp_path / "run-output").exists()
+
+
+def test_explain_takes_neither_out_nor_force_from_a_run_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "manifest.json").write_text("{}")
+    (release / "model.onnx").write_text("a shipped model")
+    path = tmp_path / "compress.toml"
+    path.write_text('calibration-size = 300\nout = "release"\nforce = true\n')
+    assert main(["explain", "--config", str(path), "--quiet"]) == 0
+    assert (release / "model.onnx").read_text() == "a shipped model"  # the run's results stay
+    assert (tmp_path / "compress-explain" / "manifest.json").is_file()  # explain's own default

@@ -148,12 +148,16 @@ def test_export_command_writes_a_checked_file_and_its_int8_twin(tmp_path, capsys
     assert "already exists; choose another output or pass --force" in capsys.readouterr().err
 
 
-def test_export_command_with_a_static_batch(tmp_path, capsys):
+def test_export_command_with_a_static_batch_and_its_int8_twin(tmp_path, capsys):
     out = tmp_path / "fixed.onnx"
-    assert main(["export", "-o", str(out), "--static-batch", "8", "--quiet"]) == 0
-    assert read_onnx_info(out).fixed_batch == 8
-    session = make_session(out)
-    assert session.run(None, {"input": np.zeros((8, 1, 8, 8), np.float32)})[0].shape == (8, 10)
+    # 7 divides neither the calibration batches nor the INT8 images: the quantiser still gets batches of 7
+    assert main(["export", "-o", str(out), "--static-batch", "7", "--int8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["int8"]["top1_drop"] <= 1.0
+    for path in (out, tmp_path / "fixed.int8.onnx"):
+        assert read_onnx_info(path).fixed_batch == 7
+        session = make_session(path)
+        assert session.run(None, {"input": np.zeros((7, 1, 8, 8), np.float32)})[0].shape == (7, 10)
 
 
 class _Polygamma(nn.Module):
@@ -193,7 +197,12 @@ def test_export_of_a_pruned_checkpoint(tmp_path, capsys):
         main(["run", "--out", str(run_dir), "--ratios", "0.5", "--criteria", "causal", "--quiet", *QUICK_TIMING]) == 0
     )
     out = tmp_path / "pruned.onnx"
-    assert main(["export", "--pruned", str(run_dir / "pruned.pt"), "-o", str(out), "--json"]) == 0
+    pruned = str(run_dir / "pruned.pt")
+    assert main(["export", "--pruned", pruned, "--model", "cifar_resnet20", "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # a model given twice is refused, not ignored
+    assert len(err) == 1 and "--pruned brings its own model and weights: drop --model" in err[0]
+    assert not out.exists()
+    assert main(["export", "--pruned", pruned, "-o", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     shipped = read_onnx_info(run_dir / "model.onnx")
     assert summary["macs"] == shipped.macs == read_onnx_info(out).macs
