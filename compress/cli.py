@@ -694,12 +694,27 @@ def _resolve_run_config(
     }
     fields = {**values, **settings, **given}
     explicit = {**settings, **given}
+    _warn_ignored(explicit, fields)
     if "ship_criterion" in explicit and explicit["ship_criterion"] not in fields["criteria"]:
         raise ConfigError(
             f"ship criterion {explicit['ship_criterion']!r} is not among the criteria run "
             f"({', '.join(fields['criteria'])}); add it to --criteria"
         )
     return RunConfig(**fields)
+
+
+def _warn_ignored(explicit: dict, fields: dict) -> None:
+    """Say so when a setting given has no effect with the others (a mistaken plan, not an error). A
+    setting at its default says nothing (`compress config show` writes every key)."""
+    defaults = RunConfig()
+    changed = {key for key, value in explicit.items() if getattr(defaults, key, value) != value}
+    if fields.get("finetune_epochs") == 0:
+        for key in sorted(changed):
+            if key.startswith(("finetune_", "distill_")):
+                flag = "--" + key.replace("_", "-")
+                warnings.warn(f"{flag} has no effect without --finetune-epochs N (N >= 1)", CompressWarning, 2)
+    if fields.get("allocation") == "uniform" and "group_normalisation" in changed:
+        warnings.warn("--group-normalisation has no effect with --allocation uniform", CompressWarning, 2)
 
 
 @cli.group("config")
@@ -711,6 +726,7 @@ def config_group() -> None:
 @click.pass_context
 def config_show(ctx: click.Context, **kwargs) -> None:
     """Print the configuration `compress run` would use with these flags, as TOML (--config reads it)."""
+    _configure_output(False)  # its warnings read as a run's would
     params = dict(kwargs)
     config = _resolve_run_config(ctx, params.pop("config_file"), params.pop("providers"), params)
     config.validate()

@@ -299,6 +299,13 @@ def _image_folder(
         split = f"calibration from {root / 'train'}, evaluation on {eval_dir}"
         train_split = None
     else:
+        folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        halves = [n for n in ("train", *EVAL_FOLDER_NAMES) if n in folders]
+        if halves and len(halves) == len(folders):  # one half of a split layout, not a class called "train"
+            missing = "train/" if halves[0] != "train" else " or ".join(f"{n}/" for n in EVAL_FOLDER_NAMES)
+            raise DataError(
+                f"{root} has {halves[0]}/ but no {missing}; give both splits, or one folder of class folders"
+            )
         folder = _CheckedImageFolder(root, transform)
         calibration, evaluation = _split_folder(folder, calibration_size, seed, root)
         calibration.classes = evaluation.classes = folder.classes

@@ -70,6 +70,24 @@ def test_an_unknown_provider_in_a_config_file_is_refused_before_anything_runs(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_a_setting_that_has_no_effect_with_the_others_is_named_once(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text("finetune-lr = 0.1\ndistill-weight = 0.5\n")
+    args = ["config", "show", "--config", str(path), "--allocation", "uniform", "--group-normalisation", "mean"]
+    assert main(args) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "compress: warning: --distill-weight has no effect without --finetune-epochs N (N >= 1)",
+        "compress: warning: --finetune-lr has no effect without --finetune-epochs N (N >= 1)",
+        "compress: warning: --group-normalisation has no effect with --allocation uniform",
+    ]
+    assert main(["config", "show", "--finetune-lr", "0.1", "--finetune-epochs", "1"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["config", "show"]) == 0  # every key, at its default, read back: nothing to say
+    path.write_text(capsys.readouterr().out)
+    assert main(["config", "show", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_bad_gate_thresholds_are_refused():
     with pytest.raises(ConfigError, match="min_speedup must be a finite number >= 0"):
         RunConfig(min_speedup=-1).validate()

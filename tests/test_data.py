@@ -79,6 +79,15 @@ def test_folder_errors_name_the_problem(tmp_path):
         load_data(str(root), **RGB)
     with pytest.raises(DataError, match="3 channels"):
         load_data("digits", input_size=(3, 8, 8), mean=(0.5,), std=(0.5,))
+    _image_tree(tmp_path / "half" / "train")  # a split layout missing its test/: not one class "train"
+    with pytest.raises(DataError, match=r"half has train/ but no test/ or val/ or validation/; give both splits"):
+        load_data(str(tmp_path / "half"), **RGB)
+
+
+def test_a_class_called_train_among_others_is_a_class(tmp_path):
+    root = _image_tree(tmp_path / "vehicles", classes=("car", "plane", "train"))
+    splits = load_data(str(root), **RGB)
+    assert splits.num_classes == 3
 
 
 def _write_idx(path, array, magic):
