@@ -20,6 +20,7 @@ import torch
 from .artifacts import scratch_directory
 from .benchmark import require_onnxruntime
 from .errors import ExportError
+from .onnx_info import read_onnx_info
 from .progress import quiet_library_output
 
 
@@ -60,8 +61,8 @@ def quantize_int8(
     if method not in methods:
         raise ExportError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
     fp32_path, path = Path(fp32_path), Path(path)
-    input_name, static_batch = _input_of(fp32_path)
-    reader = _CalibrationReader(input_name, calibration, max_images, static_batch)
+    info = read_onnx_info(fp32_path)
+    reader = _CalibrationReader(info.input_name, calibration, max_images, info.fixed_batch)
     if reader.images == 0:
         raise ExportError("INT8 calibration needs at least one calibration image")
     start = time.perf_counter()
@@ -94,17 +95,6 @@ def quantize_int8(
         method=method,
         seconds=time.perf_counter() - start,
     )
-
-
-def _input_of(path: Path) -> tuple[str, int | None]:
-    """The model's input name, and its batch size when the file fixes one (--static-batch)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    initializers = {t.name for t in proto.graph.initializer}
-    graph_input = next(i for i in proto.graph.input if i.name not in initializers)
-    batch = graph_input.type.tensor_type.shape.dim[0]
-    return graph_input.name, (batch.dim_value if batch.HasField("dim_value") else None)
 
 
 class _CalibrationReader:
