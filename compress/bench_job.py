@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .artifacts import environment, sha256
 from .benchmark import LatencySettings, make_session, onnx_accuracy, resolve_providers, run_batched, time_providers
+from .config import check_positive_int
 from .data import load_data
 from .errors import ConfigError, OutputError
 from .onnx_info import OnnxInfo, format_shape, not_a_classifier, read_onnx_info
@@ -46,11 +47,10 @@ class BenchSettings:
         if not self.batches:
             raise ConfigError("--batch: give at least one batch size to time, e.g. --batch 1,32")
         for b in self.batches:
-            if not _is_int(b) or b < 1:
-                raise ConfigError(f"--batch: batch sizes must be integers >= 1, got {b!r}; e.g. --batch 1,32")
+            check_positive_int("--batch", b)
         for flag, value in (("--batch-size", self.batch_size), ("--eval-size", self.eval_size)):
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}")
+            if value is not None:
+                check_positive_int(flag, value)
         for flag, values in (("--mean", self.mean), ("--std", self.std)):
             if values is not None and not all(math.isfinite(v) for v in values):
                 raise ConfigError(f"{flag} values must be finite numbers, got {','.join(map(str, values))}")
@@ -230,10 +230,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): they cannot be one file
         return False
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_class_counts(infos: list[OnnxInfo], data_classes: int, data: str) -> None:

@@ -125,12 +125,12 @@ class RunConfig:
                 raise ConfigError(f"criteria: unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
         if not self.criteria:
             raise ConfigError("criteria: give at least one criterion")
-        _positive_int("random_seeds", self.random_seeds)
-        _positive_int("calibration_size", self.calibration_size, minimum=2)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("pool_grid", self.pool_grid)
-        _positive_int("effect_images", self.effect_images)
-        _positive_int("steps", self.steps)
+        check_positive_int("random_seeds", self.random_seeds)
+        check_positive_int("calibration_size", self.calibration_size, minimum=2)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("pool_grid", self.pool_grid)
+        check_positive_int("effect_images", self.effect_images)
+        check_positive_int("steps", self.steps)
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if self.group_normalisation not in NORMALISATIONS:
@@ -139,15 +139,15 @@ class RunConfig:
             )
         if not 0 < self.max_group_ratio < 1:
             raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
-        _positive_int("intervention_images", self.intervention_images)
-        _positive_int("latency_batch", self.latency_batch)
-        _positive_int("latency_runs", self.latency_runs)
-        _positive_int("warmup", self.warmup, minimum=0)
-        _positive_int("int8_images", self.int8_images)
+        check_positive_int("intervention_images", self.intervention_images)
+        check_positive_int("latency_batch", self.latency_batch)
+        check_positive_int("latency_runs", self.latency_runs)
+        check_positive_int("warmup", self.warmup, minimum=0)
+        check_positive_int("int8_images", self.int8_images)
         for name in ("latency_min_seconds", "latency_window_seconds"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        _positive_int("opset", self.opset, minimum=13)
+        check_positive_int("opset", self.opset, minimum=13)
         if self.opset > onnx.defs.onnx_opset_version():
             raise ConfigError(
                 f"opset must be at most {onnx.defs.onnx_opset_version()} (this onnx's newest), got {self.opset}"
@@ -155,7 +155,7 @@ class RunConfig:
         self._validate_finetuning()
         for name in ("eval_size", "image_size", "threads", "round_to"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                check_positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.ridge < 0:
@@ -197,10 +197,10 @@ class RunConfig:
         return self
 
     def _validate_finetuning(self) -> None:
-        _positive_int("finetune_epochs", self.finetune_epochs, minimum=0)
-        _positive_int("finetune_batch_size", self.finetune_batch_size)
+        check_positive_int("finetune_epochs", self.finetune_epochs, minimum=0)
+        check_positive_int("finetune_batch_size", self.finetune_batch_size)
         if self.finetune_size is not None:
-            _positive_int("finetune_size", self.finetune_size)
+            check_positive_int("finetune_size", self.finetune_size)
         if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
             raise ConfigError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
         if not self.finetune_weight_decay >= 0:
@@ -243,7 +243,8 @@ class RunConfig:
         return asdict(self)
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> None:
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+    """Raise ConfigError naming `name` unless `value` is an integer >= `minimum` (bools are not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
