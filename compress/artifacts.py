@@ -98,6 +98,15 @@ def scratch_directory(prefix: str) -> Iterator[Path]:
         _UNFINISHED.discard(path)
 
 
+def _output_path(target: str | Path, instead: str) -> Path:
+    """`target` as an absolute path; a broken symbolic link there is refused (writing would replace the
+    link, not create what it points to)."""
+    target = Path(target).expanduser().absolute()
+    if target.is_symlink() and not target.exists():
+        raise OutputError(f"output path {target} is a broken symbolic link; remove it or choose {instead}")
+    return target
+
+
 def check_output_dir(target: str | Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
     """`target` as an absolute path, or an OutputError if it exists and may not be replaced.
 
@@ -107,9 +116,7 @@ def check_output_dir(target: str | Path, force: bool, inputs: Iterable[str | Pat
     """
     if not str(target).strip():
         raise OutputError("the output directory is empty; give --out a directory name")
-    target = Path(target).expanduser().absolute()
-    if target.is_symlink() and not target.exists():
-        raise OutputError(f"output path {target} is a broken symbolic link; remove it or choose another --out")
+    target = _output_path(target, "another --out")
     if target.exists():
         if not force:
             raise OutputError(
@@ -219,9 +226,7 @@ class OutputFiles:
         self.committed = False
 
     def stage(self, target: str | Path) -> Path:
-        target = Path(target).expanduser().absolute()
-        if target.is_symlink() and not target.exists():
-            raise OutputError(f"output path {target} is a broken symbolic link; remove it or choose another output")
+        target = _output_path(target, "another output")
         if target.exists() and not self.force:
             raise OutputError(f"{target} already exists; choose another output or pass --force to replace it")
         if target.is_dir():
