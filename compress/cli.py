@@ -6,6 +6,7 @@ traceback unless --debug); anything else is a bug.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -700,7 +701,23 @@ def _resolve_run_config(
             f"ship criterion {explicit['ship_criterion']!r} is not among the criteria run "
             f"({', '.join(fields['criteria'])}); add it to --criteria"
         )
-    return RunConfig(**fields)
+    config = RunConfig(**fields)
+    if config_file:
+        _blame_config_file(config, config_file, settings)
+    return config
+
+
+def _blame_config_file(config: RunConfig, config_file: str, settings: dict) -> None:
+    """Raise a value check's error with the file's name when the file's `settings` alone (every
+    other key at its default) fail it the same way: the fix is in the file, not on the command line."""
+    try:
+        dataclasses.replace(config).validate()
+    except ConfigError as exc:
+        try:
+            RunConfig(**settings).validate()
+        except ConfigError as own:
+            if str(own) == str(exc):
+                raise ConfigError(f"{config_file}: {exc}") from None
 
 
 def _warn_ignored(explicit: dict, fields: dict) -> None:
@@ -715,6 +732,26 @@ def _warn_ignored(explicit: dict, fields: dict) -> None:
                 warnings.warn(f"{flag} has no effect without --finetune-epochs N (N >= 1)", CompressWarning, 2)
     if fields.get("allocation") == "uniform" and "group_normalisation" in changed:
         warnings.warn("--group-normalisation has no effect with --allocation uniform", CompressWarning, 2)
+    from .data import TORCHVISION_DATASETS
+    from .zoo import is_import_path
+
+    data = str(fields.get("data", ""))
+    if data.lower() not in TORCHVISION_DATASETS:
+        for key in sorted(changed & {"download", "data_root"}):
+            flag = "--" + key.replace("_", "-")
+            warnings.warn(
+                f"{flag} has no effect with --data {data}: it is for the named data sets "
+                f"({', '.join(TORCHVISION_DATASETS)})",
+                CompressWarning,
+                2,
+            )
+    if "trust_code" in changed and not is_import_path(str(fields.get("model", ""))):
+        warnings.warn(
+            f"--trust-code has no effect with --model {fields.get('model')}: only an import path "
+            "(package.module:factory) runs code of yours",
+            CompressWarning,
+            2,
+        )
 
 
 @cli.group("config")

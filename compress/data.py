@@ -76,12 +76,17 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
 
 
-def load_splits(config: RunConfig, input_size: tuple[int, int, int], mean, std) -> DataSplits:
+def load_splits(
+    config: RunConfig, input_size: tuple[int, int, int], mean, std, channels_known: bool = True
+) -> DataSplits:
     """The data of a run's `config` for a model taking `input_size` normalised by `mean`/`std`;
-    --image-size, --mean and --std override the model's own."""
+    --image-size, --mean and --std override the model's own. Without `channels_known` (a model with
+    no convolution to say them), --mean and --std give the channel count too."""
     channels, height, width = input_size
     if config.image_size is not None:
         height = width = config.image_size
+    if not channels_known and config.mean is not None:
+        channels = len(config.mean)
     return load_data(
         config.data,
         input_size=(channels, height, width),
@@ -369,6 +374,28 @@ def _stratified_split(targets: np.ndarray, n_first: int, seed: int, stratify: bo
     return sorted(first.tolist()), sorted(second.tolist())
 
 
+def _undo_download(root: Path, before: set[Path], created: list[Path]) -> None:
+    """Remove what a failed download wrote: the entries of `root` it added (folders, partial
+    files), then `root` and its parents in `created` (those it made) if they are empty now."""
+    import shutil
+
+    for entry in set(root.iterdir()) - before if root.is_dir() else ():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for folder in created:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
 def _torchvision_dataset(name: str, root, download: bool, input_size, mean, std) -> DataSplits:
     import torchvision.datasets as tvd
 
@@ -376,14 +403,24 @@ def _torchvision_dataset(name: str, root, download: bool, input_size, mean, std)
     root = Path(root) if root is not None else Path("data")
     cls = getattr(tvd, class_name)
     transform = _transform(input_size, mean, std)
+    created = _missing_parents(root)
+    before = set(root.iterdir()) if root.is_dir() else set()
     try:
         train = cls(str(root), train=True, transform=transform, download=download)
         test = cls(str(root), train=False, transform=transform, download=download)
-    except RuntimeError as exc:
-        hint = "" if download else "; pass --download to fetch it there (needs internet)"
-        raise DataError(f"{name} not found or corrupt under {root}{hint}") from exc
-    except OSError as exc:  # download failed
-        raise DataError(f"could not download {name} to {root}: {exc}") from exc
+    except (RuntimeError, OSError) as exc:
+        if not download:
+            raise DataError(
+                f"{name} not found or corrupt under {root}; pass --download to fetch it there (needs internet)"
+            ) from exc
+        _undo_download(root, before, created)  # nothing half-written is left behind
+        # torchvision says which file and mirror failed over several lines; the last names the cause
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = lines[-1] if lines else type(exc).__name__
+        raise DataError(
+            f"could not download {name} to {root} ({cause}); check the network, or copy the data set "
+            "there and leave out --download"
+        ) from exc
     classes = list(getattr(train, "classes", [str(i) for i in range(num_classes)]))
     return DataSplits(
         calibration=train,

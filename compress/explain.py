@@ -39,7 +39,7 @@ def explain(
     with OutputDir(config.out, force=config.force, inputs=(config.weights, config.data)) as out:
         start = time.perf_counter()
         spec = get_spec(config.model, trust_code=config.trust_code)
-        splits = load_splits(config, spec.input_size, spec.mean, spec.std)
+        splits = load_splits(config, spec.input_size, spec.mean, spec.std, spec.channels_known)
         loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
         check_model_accepts(loaded.model, splits.example_batch(16), splits.num_classes)
         if not 0 <= image_index < len(splits.evaluation):

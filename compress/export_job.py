@@ -111,13 +111,13 @@ def _load(config: RunConfig, pruned: str | Path | None):
     """(model, architecture name, where it came from, data splits sized for it)."""
     if pruned is not None:
         model, info = load_pruned_with_info(pruned, trust_code=config.trust_code)
-        input_size, mean, std = tuple(info["input_size"]), info["mean"], info["std"]
+        input_size, mean, std, channels_known = tuple(info["input_size"]), info["mean"], info["std"], True
         name, source = info["architecture"], f"{pruned} ({info.get('variant')})"
     else:
         spec = get_spec(config.model, trust_code=config.trust_code)
-        input_size, mean, std = spec.input_size, spec.mean, spec.std
+        input_size, mean, std, channels_known = spec.input_size, spec.mean, spec.std, spec.channels_known
         name, model, source = spec.name, None, None
-    splits = load_splits(config, input_size, mean, std)
+    splits = load_splits(config, input_size, mean, std, channels_known)
     if model is None:
         loaded = load_model(spec, config.weights, splits.num_classes, trust_checkpoint=config.trust_checkpoint)
         model, source = loaded.model, loaded.weights or "random initialisation"

@@ -168,7 +168,7 @@ def _output_dir(config: RunConfig, distributed: Distributed) -> Iterator[OutputD
 def load_inputs(config: RunConfig, distributed: Distributed | None = None) -> _Inputs:
     """Load the data and the model of `config`, check they fit, and find the layers never pruned."""
     spec = get_spec(config.model, trust_code=config.trust_code)
-    splits = load_splits(config, spec.input_size, spec.mean, spec.std)
+    splits = load_splits(config, spec.input_size, spec.mean, spec.std, spec.channels_known)
     log.info(
         "data: %s (%d calibration, %d evaluation images, %d classes)",
         splits.info["source"],

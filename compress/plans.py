@@ -95,9 +95,13 @@ def plan_keep(
     predicted = costs.macs(keep)
     if predicted > budget:
         reached = 1.0 - predicted / original_macs
+        unrounded = budget_keep(scores, costs.macs, budget, max_fraction=1.0, normalise=normalise, caps=caps)
+        if round_to and round_to > 1 and costs.macs(unrounded) <= budget:  # the cap alone would allow it
+            cause = f"channels are kept in multiples of {round_to} (--round-to), which cuts too coarsely"
+        else:
+            cause = f"no group may lose more than {max_fraction:g} of its channels (--max-group-ratio)"
         warnings.warn(
-            f"global allocation removes only {reached:.2f} of the MACs, not {fraction:.2f}: no group may lose "
-            f"more than {max_fraction:g} of its channels (--max-group-ratio)",
+            f"global allocation removes only {reached:.2f} of the MACs, not {fraction:.2f}: {cause}",
             CompressWarning,
             stacklevel=3,
         )

@@ -59,6 +59,7 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_weights: Path | None = None  # a checkpoint shipped with the project, if any
+    channels_known: bool = True  # False: input_size's channels are a guess (no convolution says them)
     description: str = ""
     source: str = "compress"
 
@@ -255,6 +256,7 @@ def _imported_spec(name: str, trust_code: bool) -> ModelSpec:
         std=IMAGENET_STD if channels == 3 else (0.5,) * channels,
         description=f"{attribute} from {module_name}",
         source="import",
+        channels_known=first_conv is not None,
     )
 
 
@@ -343,9 +345,8 @@ def read_checkpoint(
             ) from exc
         raise ModelError(f"{what} {path} is corrupt or not a PyTorch file (unpickling failed)") from exc
     except Exception as exc:  # torch.load fails on foreign bytes in many ways (KeyError for a text file)
-        raise ModelError(
-            f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {_first_line(exc)})"
-        ) from exc
+        reason = _first_line(exc).split(". ")[0]  # a truncated file's zip error goes on with a paragraph
+        raise ModelError(f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {reason})") from exc
 
 
 def _first_line(exc: BaseException) -> str:

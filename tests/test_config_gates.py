@@ -66,7 +66,25 @@ def test_an_unknown_provider_in_a_config_file_is_refused_before_anything_runs(tm
     for command in (["config", "show"], ["run", "--out", str(tmp_path / "out")]):
         assert main([*command, "--config", str(path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == ["compress: error: providers: unknown provider 'gpu'; choose from cpu, cuda, tensorrt"]
+        assert err == [f"compress: error: {path}: providers: unknown provider 'gpu'; choose from cpu, cuda, tensorrt"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_is_blamed_on_the_config_file_only_when_the_file_holds_it(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text('criteria = ["foo"]\nratios = [0.3]\n')
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"compress: error: {path}: criteria: unknown criterion 'foo'; choose from causal, causal-direct, "
+        "causal-reference, intervention, taylor, l1, l2, bn-scale, lamp, random"
+    ]
+    # the flag's value is the bad one: the file is not named
+    assert main(["config", "show", "--config", str(path), "--criteria", "l1", "--ratios", "2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "compress: error: ratios: each pruning ratio must be in (0, 1), got 2"
+    ]
+    # a flag that fixes the file's value: nothing to blame
+    assert run_config_from_args(["--config", str(path), "--criteria", "l1"]).criteria == ("l1",)
     assert not (tmp_path / "out").exists()
 
 
@@ -81,6 +99,17 @@ def test_a_setting_that_has_no_effect_with_the_others_is_named_once(tmp_path, ca
         "compress: warning: --group-normalisation has no effect with --allocation uniform",
     ]
     assert main(["config", "show", "--finetune-lr", "0.1", "--finetune-epochs", "1"]) == 0
+    assert capsys.readouterr().err == ""
+    folder = ["--data", str(tmp_path), "--download", "--data-root", str(tmp_path), "--trust-code"]
+    assert main(["config", "show", *folder]) == 0
+    named = "(cifar10, cifar100, mnist, fashion-mnist, kmnist)"
+    assert capsys.readouterr().err.splitlines() == [
+        f"compress: warning: --data-root has no effect with --data {tmp_path}: it is for the named data sets {named}",
+        f"compress: warning: --download has no effect with --data {tmp_path}: it is for the named data sets {named}",
+        "compress: warning: --trust-code has no effect with --model digits-cnn: only an import path "
+        "(package.module:factory) runs code of yours",
+    ]
+    assert main(["config", "show", "--data", "mnist", "--download", "--model", "m:build", "--trust-code"]) == 0
     assert capsys.readouterr().err == ""
     assert main(["config", "show"]) == 0  # every key, at its default, read back: nothing to say
     path.write_text(capsys.readouterr().out)

@@ -107,3 +107,21 @@ def test_torchvision_dataset_by_name_reads_its_root(tmp_path):
     assert splits.calibration[0][0].shape == (1, 8, 8)
     with pytest.raises(DataError, match="--download"):
         load_data("cifar10", root=tmp_path / "none", **RGB)
+
+
+def test_a_failed_download_is_named_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / "notes.txt").write_text("the user's")  # an existing root: only what the download made goes
+    for root in (tmp_path, tmp_path / "new" / "data"):
+        with pytest.raises(DataError) as info:
+            load_data("mnist", root=root, download=True, input_size=(1, 8, 8), mean=(0.1,), std=(0.3,))
+        message = str(info.value)
+        assert message.startswith(f"could not download mnist to {root} (<urlopen error Name or service not known>)")
+        assert "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

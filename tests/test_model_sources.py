@@ -81,6 +81,10 @@ class Padded(Tiny):
 
 def build():
     return Tiny(num_classes=10, width=16)
+
+
+def mlp(num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))
 """
 
 
@@ -151,3 +155,16 @@ def test_import_path_mistakes_are_one_line(my_models):
     spec = get_spec("my_models:Tiny", trust_code=True)
     assert spec.input_size[0] == 1 and spec.source == "import"  # channels read off the first conv
     assert spec.build(4).fc.out_features == 4  # num_classes passed where the factory takes it
+
+
+def test_a_model_without_convolutions_takes_its_channel_count_from_mean_and_std(my_models):
+    from compress.config import RunConfig
+    from compress.pipeline import load_inputs
+
+    spec = get_spec("my_models:mlp", trust_code=True)
+    assert (spec.input_size[0], spec.channels_known) == (3, False)  # nothing in it says 1 or 3
+    config = RunConfig(model="my_models:mlp", trust_code=True, weights=_weights(my_models, "mlp"), image_size=8)
+    config.mean, config.std = (0.3,), (0.4,)  # digits' one channel, as --mean 0.3 --std 0.4 give it
+    inputs = load_inputs(config.validate())
+    assert inputs.splits.input_size == (1, 8, 8)
+    assert get_spec("my_models:Tiny", trust_code=True).channels_known  # a convolution's in_channels decide

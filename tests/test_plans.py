@@ -77,6 +77,14 @@ def test_a_macs_share_beyond_the_group_caps_prunes_what_they_allow_and_says_so(d
     assert layer_widths(result.model)["conv2"] == 32  # every group at its cap: half of its channels
 
 
+def test_a_macs_share_that_channel_rounding_forbids_names_the_rounding(digits):
+    model, _, x, protected = digits
+    scores = {root: np.ones(width) for root, width in group_widths(model, x, protected).items()}
+    plan = PruningPlan("causal", 0.5, "global")  # the caps allow 0.5; units of 128 channels do not
+    with pytest.warns(CompressWarning, match=r"removes only 0\.\d\d of the MACs, not 0\.50: .*of 128 \(--round-to\)"):
+        execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=128)
+
+
 def test_steps_rescore_and_recalibrate_between_and_reach_the_same_widths(digits):
     model, data, x, protected = digits
     fits, recalibrations = [], []

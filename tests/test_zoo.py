@@ -48,6 +48,14 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 50)
     with pytest.raises(ModelError, match="corrupt or not a PyTorch file"):
         load_model(spec, tmp_path / "junk.pt")
+    good = tmp_path / "good.pt"
+    _save(good, DigitsCNN().state_dict())
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:1000])  # an interrupted copy: torch's zip error
+    with pytest.raises(ModelError) as info:  # is one sentence here, not its paragraph of advice
+        load_model(spec, tmp_path / "cut.pt")
+    assert str(info.value).endswith(
+        "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory)"
+    )
     (tmp_path / "notes.txt").write_text("hello\n")  # the weights-only unpickler raises KeyError on it
     with pytest.raises(ModelError, match="corrupt or not a PyTorch file"):
         load_model(spec, tmp_path / "notes.txt")
