@@ -740,7 +740,7 @@ def _warn_ignored(explicit: dict, fields: dict) -> None:
         for key in sorted(changed & {"download", "data_root"}):
             flag = "--" + key.replace("_", "-")
             warnings.warn(
-                f"{flag} has no effect with --data {data}: it is for the named data sets "
+                f"{flag} has no effect with --data {data}: it is for the data sets torchvision downloads "
                 f"({', '.join(TORCHVISION_DATASETS)})",
                 CompressWarning,
                 2,

@@ -102,10 +102,10 @@ def test_a_setting_that_has_no_effect_with_the_others_is_named_once(tmp_path, ca
     assert capsys.readouterr().err == ""
     folder = ["--data", str(tmp_path), "--download", "--data-root", str(tmp_path), "--trust-code"]
     assert main(["config", "show", *folder]) == 0
-    named = "(cifar10, cifar100, mnist, fashion-mnist, kmnist)"
+    named = "it is for the data sets torchvision downloads (cifar10, cifar100, mnist, fashion-mnist, kmnist)"
     assert capsys.readouterr().err.splitlines() == [
-        f"compress: warning: --data-root has no effect with --data {tmp_path}: it is for the named data sets {named}",
-        f"compress: warning: --download has no effect with --data {tmp_path}: it is for the named data sets {named}",
+        f"compress: warning: --data-root has no effect with --data {tmp_path}: {named}",
+        f"compress: warning: --download has no effect with --data {tmp_path}: {named}",
         "compress: warning: --trust-code has no effect with --model digits-cnn: only an import path "
         "(package.module:factory) runs code of yours",
     ]
