@@ -20,7 +20,7 @@ from .artifacts import environment, sha256
 from .benchmark import LatencySettings, make_session, onnx_accuracy, resolve_providers, run_batched, time_providers
 from .config import check_positive_int
 from .data import load_data
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, first_line
 from .onnx_info import OnnxInfo, format_shape, not_a_classifier, read_onnx_info
 
 
@@ -254,9 +254,8 @@ def _probe(session: Any, info: OnnxInfo, images: Any, classes: int | None, data:
     try:
         out = run_batched(session, images)
     except Exception as exc:  # onnxruntime raises its own (multi-line) error types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"onnxruntime cannot run {info.path} on {tuple(images.shape)} float32 images: {first}"
+            f"onnxruntime cannot run {info.path} on {tuple(images.shape)} float32 images: {first_line(exc)}"
         ) from exc
     if classes is None:
         return

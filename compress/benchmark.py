@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .evaluation import count_hits, percentages
 from .progress import progress_bar, quiet_library_output
 
@@ -114,7 +114,7 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
         with quiet_library_output():
             session = runtime.InferenceSession(str(path), sess_options=options, providers=chain)
     except Exception as exc:  # a corrupt file, an operator the runtime lacks
-        raise ConfigError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise ConfigError(f"onnxruntime cannot load {path}: {first_line(exc)}") from exc
     if session.get_providers()[0] != wanted[0]:
         raise ConfigError(
             f"onnxruntime provider {provider!r} failed to start for {path} (running on "

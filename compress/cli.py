@@ -728,8 +728,7 @@ def _warn_ignored(explicit: dict, fields: dict) -> None:
     if fields.get("finetune_epochs") == 0:
         for key in sorted(changed):
             if key.startswith(("finetune_", "distill_")):
-                flag = "--" + key.replace("_", "-")
-                warnings.warn(f"{flag} has no effect without --finetune-epochs N (N >= 1)", CompressWarning, 2)
+                warnings.warn(f"{_flag(key)} has no effect without --finetune-epochs N (N >= 1)", CompressWarning, 2)
     if fields.get("allocation") == "uniform" and "group_normalisation" in changed:
         warnings.warn("--group-normalisation has no effect with --allocation uniform", CompressWarning, 2)
     from .data import TORCHVISION_DATASETS
@@ -738,9 +737,8 @@ def _warn_ignored(explicit: dict, fields: dict) -> None:
     data = str(fields.get("data", ""))
     if data.lower() not in TORCHVISION_DATASETS:
         for key in sorted(changed & {"download", "data_root"}):
-            flag = "--" + key.replace("_", "-")
             warnings.warn(
-                f"{flag} has no effect with --data {data}: it is for the data sets torchvision downloads "
+                f"{_flag(key)} has no effect with --data {data}: it is for the data sets torchvision downloads "
                 f"({', '.join(TORCHVISION_DATASETS)})",
                 CompressWarning,
                 2,
@@ -752,6 +750,11 @@ def _warn_ignored(explicit: dict, fields: dict) -> None:
             CompressWarning,
             2,
         )
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of a RunConfig field: finetune_lr -> --finetune-lr."""
+    return "--" + key.replace("_", "-")
 
 
 @cli.group("config")

@@ -17,6 +17,13 @@ EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (libraries often follow it with pages of detail), or its type
+    name when the message is empty: what a one-line error quotes."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class CompressError(Exception):
     """A failure the user can act on; the message says what, where and what to do."""
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .artifacts import sha256
 from .cifar_resnet import DEPTHS as CIFAR_RESNET_DEPTHS
 from .cifar_resnet import CifarResNet
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, first_line
 from .progress import quiet_library_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -227,9 +227,9 @@ def _imported_spec(name: str, trust_code: bool) -> ModelSpec:
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import {name} ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ModelError(f"cannot import {name} ({type(exc).__name__}: {first_line(exc)})") from exc
     except Exception as exc:  # the module's own code failed
-        raise ModelError(f"importing {module_name} failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ModelError(f"importing {module_name} failed ({type(exc).__name__}: {first_line(exc)})") from exc
     if not callable(factory):
         raise ModelError(f"{name} is not a class or function returning an nn.Module")
     try:
@@ -241,7 +241,7 @@ def _imported_spec(name: str, trust_code: bool) -> ModelSpec:
         try:
             model = factory(num_classes=num_classes) if takes_classes else factory()
         except Exception as exc:
-            raise ModelError(f"{name}() failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+            raise ModelError(f"{name}() failed ({type(exc).__name__}: {first_line(exc)})") from exc
         if not isinstance(model, nn.Module):
             raise ModelError(f"{name}() returned {type(model).__name__}, not an nn.Module")
         return model
@@ -345,13 +345,8 @@ def read_checkpoint(
             ) from exc
         raise ModelError(f"{what} {path} is corrupt or not a PyTorch file (unpickling failed)") from exc
     except Exception as exc:  # torch.load fails on foreign bytes in many ways (KeyError for a text file)
-        reason = _first_line(exc).split(". ")[0]  # a truncated file's zip error goes on with a paragraph
+        reason = first_line(exc).split(". ")[0]  # a truncated file's zip error goes on with a paragraph
         raise ModelError(f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {reason})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -394,7 +389,7 @@ def check_model_accepts(model: nn.Module, example: torch.Tensor, num_classes: in
     except Exception as exc:
         raise DataError(
             f"the model cannot take input of shape {tuple(example.shape[1:])} "
-            f"({type(exc).__name__}: {_first_line(exc)}); "
+            f"({type(exc).__name__}: {first_line(exc)}); "
             "set --image-size (and --mean/--std) to what the model was trained on"
         ) from exc
     if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[1] != num_classes:
@@ -488,7 +483,7 @@ def _load_timm_weights(spec: ModelSpec, tag: str, num_classes: int) -> LoadedMod
             model = timm.create_model(name, pretrained=True, num_classes=num_classes)
     except Exception as exc:  # no internet, a blocked hub, or no such weights
         raise ModelError(
-            f"could not load timm weights {name} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"could not load timm weights {name} ({type(exc).__name__}: {first_line(exc)}); "
             "download them where there is internet and pass the state dict with --weights"
         ) from exc
     return LoadedModel(model.eval(), spec, num_classes, f"timm:{name}")
@@ -511,7 +506,7 @@ def _load_torchvision_weights(spec: ModelSpec, weights_name: str, num_classes: i
         model = torchvision.models.get_model(spec.name, weights=weights)
     except OSError as exc:  # no internet, or a blocked hub
         raise ModelError(
-            f"could not download torchvision weights {spec.name}.{weights_name} ({_first_line(exc)}); "
+            f"could not download torchvision weights {spec.name}.{weights_name} ({first_line(exc)}); "
             "download them where there is internet and pass the file with --weights"
         ) from exc
     return LoadedModel(model.eval(), spec, num_classes, f"torchvision:{weights_name}")
