@@ -31,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
+import heldout_models  # noqa: F401  (registers the held-out architectures by name)
 import numpy as np
 import torch
 import torch.nn as nn

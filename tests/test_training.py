@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -276,11 +277,15 @@ def tiny_digits():
 
 def _train_script():
     """scripts/train.py as a module (scripts/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
-    spec = importlib.util.spec_from_file_location("compress_scripts_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))  # it imports its neighbour heldout_models
+    try:
+        spec = importlib.util.spec_from_file_location("compress_scripts_train", scripts / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(scripts))
 
 
 def test_train_script_writes_a_checkpoint_that_loads_and_a_card_that_describes_it(
