@@ -1,6 +1,10 @@
-"""Small models with known structure, for tests."""
+"""Small models with known structure, and the benchmark scripts as modules, for tests."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -114,3 +118,19 @@ def batches(n: int = 64, shape=(3, 8, 8), batch_size: int = 16, seed: int = 0, c
     x = torch.randn(n, *shape, generator=generator)
     y = torch.randint(0, classes, (n,), generator=generator)
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (scripts/ is not a package; the scripts import their neighbours,
+    benchmark_tables and heldout_models, so scripts/ is on the path while it loads)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"compress_scripts_{name}", SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPTS))

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    sys.path.insert(0, str(SCRIPTS))  # the scripts import their shared helpers (benchmark_tables)
-    try:
-        spec = importlib.util.spec_from_file_location(f"compress_scripts_{name}", SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPTS))
+from builders import SCRIPTS, load_script
 
 
 def test_the_heldout_architectures_are_registered_for_the_scripts_and_run_at_32x32():

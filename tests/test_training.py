@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from builders import FlattenHead, TwoConv
+from builders import FlattenHead, TwoConv, load_script
 from PIL import Image
 from torch.utils.data import TensorDataset
 
@@ -275,19 +272,6 @@ def tiny_digits():
     del _REGISTRY[spec.name]
 
 
-def _train_script():
-    """scripts/train.py as a module (scripts/ is not a package)."""
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    sys.path.insert(0, str(scripts))  # it imports its neighbour heldout_models
-    try:
-        spec = importlib.util.spec_from_file_location("compress_scripts_train", scripts / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(scripts))
-
-
 def test_train_script_writes_a_checkpoint_that_loads_and_a_card_that_describes_it(
     tmp_path, capsys, tiny_digits, digits_splits
 ):
@@ -295,7 +279,7 @@ def test_train_script_writes_a_checkpoint_that_loads_and_a_card_that_describes_i
     from compress.artifacts import sha256
     from compress.evaluation import evaluate
 
-    script = _train_script()
+    script = load_script("train")
     out = tmp_path / "tiny.pt"
     args = ["--model", tiny_digits.name, "--data", "digits", "--epochs", "2", "--lr", "0.2", "--batch-size", "64"]
     args += ["--out", str(out)]
