@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -123,14 +125,21 @@ def batches(n: int = 64, shape=(3, 8, 8), batch_size: int = 16, seed: int = 0, c
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def load_script(name: str):
-    """scripts/NAME.py as a module (scripts/ is not a package; the scripts import their neighbours,
-    benchmark_tables and heldout_models, so scripts/ is on the path while it loads)."""
+@contextmanager
+def scripts_on_path() -> Iterator[None]:
+    """scripts/ on the import path for a while: the scripts import their neighbours (benchmark_tables,
+    heldout_models) by name."""
     sys.path.insert(0, str(SCRIPTS))
     try:
+        yield
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (scripts/ is not a package)."""
+    with scripts_on_path():
         spec = importlib.util.spec_from_file_location(f"compress_scripts_{name}", SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    finally:
-        sys.path.remove(str(SCRIPTS))

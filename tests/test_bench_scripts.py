@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from builders import SCRIPTS, load_script
+from builders import load_script, scripts_on_path
 
 
 def test_the_heldout_architectures_are_registered_for_the_scripts_and_run_at_32x32():
@@ -16,21 +15,16 @@ def test_the_heldout_architectures_are_registered_for_the_scripts_and_run_at_32x
 
     from compress.zoo import get_spec
 
-    sys.path.insert(0, str(SCRIPTS))
-    try:
+    with scripts_on_path():
         heldout = importlib.import_module("heldout_models")  # as bench_criteria and train import it
-    finally:
-        sys.path.remove(str(SCRIPTS))
     assert set(heldout.HELDOUT) == {"cifar_vgg11_half_bn", "cnn5", "cnn5_bn"}
+    has_bn = {}
     for name in heldout.HELDOUT:
         spec = get_spec(name)
         model = spec.build(10).eval()
         assert spec.input_size == (3, 32, 32)
         assert model(torch.zeros(2, *spec.input_size)).shape == (2, 10)
-    has_bn = {
-        name: any(isinstance(m, torch.nn.BatchNorm2d) for m in get_spec(name).build(10).modules())
-        for name in heldout.HELDOUT
-    }
+        has_bn[name] = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert has_bn == {"cifar_vgg11_half_bn": True, "cnn5": False, "cnn5_bn": True}
 
 
