@@ -19,6 +19,13 @@ channels down to that width.
   not on one scale across groups), `none` ranks raw scores. No group loses more than
   `max_fraction` of its channels, and kept counts are rounded as above.
 
+- `auto`: both of the above at the same MACs budget, and the pruned model that agrees more with the
+  unpruned one is kept (compress.plans; the agreement is measured by compress.agreement). Which of the
+  two loses less is not a property of the criterion: global allocation wins on networks with
+  shortcuts, where it takes deep cuts from single groups, and loses on plain chains, where it strips
+  the late layers of small feature maps (BENCHMARKS.md, plain chains). Measuring both on the
+  calibration images decides per model and amount, without labels.
+
 `global_keep` removes a share of the channels; `budget_keep` spends a MACs budget: the largest
 global ranking cut that fits, then the rounding's leftover given back, a unit of channels at a time,
 to the groups whose best removed channels score highest. One more rounding step on a narrow group
@@ -35,7 +42,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "auto")
+DEFAULT_ALLOCATION = "auto"
 NORMALISATIONS = ("auto", "mean", "sqrt-mean", "sqrt-total", "max", "none")
 DEFAULT_NORMALISATION = "auto"
 # `auto`: what measured best for each criterion at matched MACs (BENCHMARKS.md). Only total effects
@@ -129,17 +137,9 @@ def budget_keep(
     def cut(share: float) -> dict[str, int]:
         return global_keep(scores, share, round_to=round_to, max_fraction=max_fraction, normalise=normalise, caps=caps)
 
-    lo, hi = 0.0, 1.0
-    keep = cut(hi)
+    keep = smallest_cut_within(cut, macs_of, budget)
     if macs_of(keep) > budget:
         return keep  # the caps stop short of the budget: the most that may go
-    for _ in range(30):  # removal sets grow with the share, so MACs fall monotonically
-        mid = (lo + hi) / 2
-        if macs_of(cut(mid)) <= budget:
-            hi = mid
-        else:
-            lo = mid
-    keep = cut(hi)
     unit = round_to if round_to and round_to > 1 else 1
     ranked = {root: np.sort(normalise_scores(s, normalise))[::-1] for root, s in scores.items()}
     while True:  # give the leftover back to the best removed channels, a rounding unit at a time
@@ -155,3 +155,38 @@ def budget_keep(
         if best is None:
             return keep
         keep[best[1]] = best[2]
+
+
+def uniform_budget_keep(
+    original: Mapping[str, int],
+    current: Mapping[str, int],
+    macs_of: Callable[[Mapping[str, int]], float],
+    budget: float,
+    *,
+    round_to: int | None = None,
+) -> dict[str, int]:
+    """Kept channels per group when every group loses the same fraction of its `original` width, the
+    smallest fraction whose MACs (`macs_of(keep)`) are at most `budget`; no group grows past its
+    `current` width. Uniform allocation spending a MACs budget, as `budget_keep` is global's."""
+
+    def cut(ratio: float) -> dict[str, int]:
+        return {root: min(current[root], uniform_keep(original[root], ratio, round_to)) for root in current}
+
+    return smallest_cut_within(cut, macs_of, budget)
+
+
+def smallest_cut_within(
+    cut: Callable[[float], dict[str, int]], macs_of: Callable[[Mapping[str, int]], float], budget: float
+) -> dict[str, int]:
+    """`cut(share)` at the smallest share in [0, 1] whose MACs are at most `budget` (to 2**-30), or
+    `cut(1)` when none is. A cut removes more channels as its share grows, so MACs fall monotonically."""
+    lo, hi = 0.0, 1.0
+    if macs_of(cut(hi)) > budget:
+        return cut(hi)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if macs_of(cut(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return cut(hi)

@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from ._console import EXIT_INTERRUPTED
-from .allocation import ALLOCATIONS, DEFAULT_NORMALISATION, NORMALISATIONS
+from .allocation import ALLOCATIONS, DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, NORMALISATIONS
 from .artifacts import remove_unfinished
 from .config import DEFAULT_RATIOS, PROVIDER_CHOICES, RunConfig, config_to_toml, read_config_file
 from .criteria import CRITERIA, DEFAULT_CRITERIA, SCORED_CRITERIA
@@ -294,8 +294,8 @@ _model_and_data_options = _options(
     type=_CommaList(float),
     default=",".join(map(str, DEFAULT_RATIOS)),
     show_default=True,
-    help="Pruning amounts: with --allocation global the fraction of the model's MACs removed, with uniform "
-    "the fraction of channels removed from every prunable group.",
+    help="Pruning amounts: with --allocation global or auto the fraction of the model's MACs removed, with "
+    "uniform the fraction of channels removed from every prunable group.",
 )
 @click.option(
     "--criteria",
@@ -316,11 +316,12 @@ _model_and_data_options = _options(
 @click.option(
     "--allocation",
     type=click.Choice(ALLOCATIONS),
-    default="global",
+    default=DEFAULT_ALLOCATION,
     show_default=True,
     help="global: all groups' channels ranked together on scores scaled per group (--group-normalisation) "
     "until --ratios of the MACs are gone (every criterion at equal cost); uniform: every group loses the "
-    "same fraction of its channels.",
+    "same fraction of its channels; auto: both at the same MACs, keeping the one whose predictions agree "
+    "more with the original's on the calibration images (a second pruning and four passes over them).",
 )
 @click.option(
     "--steps",

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 import onnx
 
-from .allocation import ALLOCATIONS, DEFAULT_NORMALISATION, NORMALISATIONS
+from .allocation import ALLOCATIONS, DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, NORMALISATIONS
 from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
@@ -61,8 +61,9 @@ class RunConfig:
     intervention_images: int = 128
     effect_images: int = 512  # images the causal (total-effect) criterion measures on
     round_to: int | None = 4  # kept channels a multiple of 4: odd counts ran 2.7x slower (BENCHMARKS.md)
-    allocation: str = "global"  # how the amount is spread over the groups (compress.allocation); with
-    # global allocation a ratio is the share of MACs removed, with uniform the share of each group's channels
+    allocation: str = DEFAULT_ALLOCATION  # how the amount is spread over the groups (compress.allocation); with
+    # global and auto allocation a ratio is the share of MACs removed, with uniform the share of each
+    # group's channels
     steps: int = 1  # reach the amount in this many steps, re-estimating batch norm and re-scoring between
     max_group_ratio: float = 0.9  # global allocation takes at most this fraction of one group's channels
     group_normalisation: str = DEFAULT_NORMALISATION  # global allocation: how group scores are scaled

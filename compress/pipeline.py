@@ -11,6 +11,7 @@ hold the same variants; only rank 0 times latency and writes the output director
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import warnings
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
+from .agreement import Agreement
 from .artifacts import OutputDir, check_output_dir, disk_errors, environment, scratch_directory
 from .benchmark import LatencySettings, make_session, onnx_hits, resolve_providers, run_batched, time_providers
 from .causal.scorer import CausalScorer
@@ -37,7 +39,7 @@ from .evaluation import evaluate_sharded, percentages
 from .export import PARITY_IMAGES, ExportCache, check_parity, export_onnx
 from .gates import check_gates
 from .onnx_info import preprocessing_metadata
-from .plans import PruningPlan, execute_plan
+from .plans import FidelityFn, PruningPlan, execute_plan
 from .progress import progress, set_quiet
 from .pruning import count_macs_params, layer_widths, output_layer_names
 from .quantize import quantize_int8
@@ -123,8 +125,9 @@ def _run(config: RunConfig, distributed: Distributed, warned: list[str]) -> dict
         torch.manual_seed(config.seed)
         inputs = load_inputs(config, distributed)
         scorers = _score(config, inputs)
-        targets = _search_targets(config, inputs, scorers)
-        variants = _build_variants(config, inputs, scorers, out, targets)
+        fidelity = _fidelity(config, inputs)
+        targets = _search_targets(config, inputs, scorers, fidelity)
+        variants = _build_variants(config, inputs, scorers, out, targets, fidelity)
         if config.int8:
             _add_int8_variants(config, inputs, variants, out)
         if not distributed.is_main:
@@ -228,7 +231,19 @@ def _fit(config: RunConfig, inputs: _Inputs, criterion: str, model: nn.Module, s
     return scorer.fit(model, inputs.splits.loader("calibration", config.batch_size), inputs.example)
 
 
-def _search_targets(config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer]) -> dict[str, TargetSearch] | None:
+def _fidelity(config: RunConfig, inputs: _Inputs) -> FidelityFn | None:
+    """Auto allocation's measure of a pruned candidate (None for the other allocations): its top-1
+    agreement with the original on the calibration images, after the recovery the variants get."""
+    if config.allocation != "auto":
+        return None
+    calibration = inputs.splits.loader("calibration", config.batch_size)
+    recover = functools.partial(recalibrate_batchnorm, batches=calibration) if config.recalibrate else None
+    return Agreement(calibration, recover=recover).fit(inputs.model).score
+
+
+def _search_targets(
+    config: RunConfig, inputs: _Inputs, scorers: dict[str, Scorer], fidelity: FidelityFn | None
+) -> dict[str, TargetSearch] | None:
     """The pruning amount that meets --target-macs-ratio or --target-speedup, by criterion (one search
     for all with uniform allocation, whose shapes do not depend on the scores); rank 0 searches (the
     speed-up is timed there) and tells the other processes."""
@@ -240,20 +255,25 @@ def _search_targets(config: RunConfig, inputs: _Inputs, scorers: dict[str, Score
             search = _search_target(config, inputs, None, None)
             found = dict.fromkeys(config.criteria, search)
         else:
-            found = {c: _search_target(config, inputs, c, scorers[c].importances_) for c in config.criteria}
+            found = {c: _search_target(config, inputs, c, scorers[c].importances_, fidelity) for c in config.criteria}
     return inputs.distributed.broadcast_object(found)
 
 
 def _search_target(
-    config: RunConfig, inputs: _Inputs, criterion: str | None, scores: Mapping[str, np.ndarray] | None
+    config: RunConfig,
+    inputs: _Inputs,
+    criterion: str | None,
+    scores: Mapping[str, np.ndarray] | None,
+    fidelity: FidelityFn | None = None,
 ) -> TargetSearch:
     shape = None
-    if scores is not None:  # global allocation: the criterion's own shapes, one step
+    if scores is not None:  # global or auto allocation: the criterion's own shapes, one step
 
         def shape(amount: float) -> nn.Module:
             plan = PruningPlan(criterion, amount, config.allocation)  # its criterion: its normalisation
+            settings = _pruning_settings(config, inputs)
             return execute_plan(
-                inputs.model, plan, lambda m: scores, inputs.example, **_pruning_settings(config, inputs), scores=scores
+                inputs.model, plan, lambda m: scores, inputs.example, **settings, scores=scores, fidelity=fidelity
             ).model
 
     common = {"protected": inputs.protected, "round_to": config.round_to, "shape": shape}
@@ -288,9 +308,12 @@ def _build_variants(
     scorers: dict[str, Scorer],
     out: OutputDir,
     targets: Mapping[str, TargetSearch] | None,
+    fidelity: FidelityFn | None = None,
 ) -> _Variants:
     """The original and every planned variant: pruned, recovered, fine-tuned if asked, exported,
     checked and evaluated."""
+    if fidelity is not None:  # every process must choose as rank 0 does, or their models would differ
+        fidelity = functools.partial(_rank0_fidelity, fidelity, inputs.distributed)
     # Batch norm is re-estimated on all the calibration images in every process (cheap), so the
     # processes' models stay equal without exchanging running statistics.
     calibration = inputs.splits.loader("calibration", config.batch_size)
@@ -312,6 +335,7 @@ def _build_variants(
             **_pruning_settings(config, inputs),
             recalibrate=lambda m: recalibrate_batchnorm(m, calibration),
             scores=first.importances_,
+            fidelity=fidelity,
         )
         before = _accuracy_now(pruned.model, planned.name, config, inputs, variants)
         if config.recalibrate:
@@ -328,6 +352,8 @@ def _build_variants(
             params_ratio=record["params"] / original["params"],
             channel_ratio=_channel_ratio(record["widths"], original["widths"], inputs.protected),
         )
+        if pruned.allocation_choices:
+            record["allocation_choices"] = pruned.allocation_choices
         record["accuracy"].update(top1_before_recovery=before["top1"], top5_before_recovery=before["top5"])
         if finetune is not None:
             before_finetune, record["finetune"] = finetune
@@ -344,6 +370,10 @@ def _build_variants(
             record["macs_ratio"],
         )
     return variants
+
+
+def _rank0_fidelity(fidelity: FidelityFn, distributed: Distributed, model: nn.Module) -> float:
+    return distributed.broadcast_object(fidelity(model))
 
 
 def _finetune(
@@ -654,7 +684,7 @@ def choose_variant(
         pick = next(v for v in candidates if v["ratio"] == target.ratio)
         what = "MACs ratio" if target.kind == "macs_ratio" else "measured speed-up"
         if target.reached and not target.searched:
-            found = f"global allocation removed {target.ratio:g} of the MACs ({what} {target.value:.3f})"
+            found = f"{config.allocation} allocation removed {target.ratio:g} of the MACs ({what} {target.value:.3f})"
         elif target.reached:
             found = f"{target.ratio:g} is the smallest pruning ratio that reaches it ({what} {target.value:.3f})"
         else:

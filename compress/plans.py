@@ -5,10 +5,14 @@ One step scores the model, allocates kept widths (compress.allocation) and remov
 lowest-scored channels (compress.pruning). With uniform allocation the amount is the share of every
 group's channels removed; with global allocation it is the share of the model's MACs removed (the
 shapes follow the scores, so this is what makes criteria comparable at one amount: every one costs
-the same, compress.costs). With `steps` > 1 the amount is reached in equal steps:
+the same, compress.costs). With `auto` allocation the amount is a share of MACs too: the model is
+pruned both ways at that budget (uniform widths: the smallest equal fraction that fits it), each
+candidate is recovered as the shipped model will be, and the one whose predictions agree more often
+with the unpruned model's on the calibration images is kept (compress.agreement; a tie keeps global).
+With `steps` > 1 the amount is reached in equal steps:
 after each one the batch norms are re-estimated and the criterion is fitted again on the smaller
-model (the causal calibration is one cheap pass), so later steps see the model they prune. Every
-criterion follows the same schedule.
+model (the causal calibration is one cheap pass), so later steps see the model they prune (`auto`
+chooses at every step). Every criterion follows the same schedule.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .allocation import (
     DEFAULT_NORMALISATION,
     budget_keep,
     resolve_normalisation,
+    uniform_budget_keep,
     uniform_keep,
 )
 from .costs import MacsModel
@@ -37,12 +42,16 @@ from .pruning import PruneResult, group_widths, prune
 
 # Fits the plan's criterion on a model and returns its scores: group root -> per-channel scores.
 ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
+# How closely a pruned candidate follows the unpruned model, higher is closer
+# (compress.agreement.Agreement.score). It must leave the candidate as it was: what the candidate
+# scores before recovery is reported.
+FidelityFn = Callable[[nn.Module], float]
 
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """`amount`: with uniform allocation the fraction of every group's channels removed; with global
-    allocation the fraction of the model's MACs removed. `seed` names a random baseline."""
+    """`amount`: with uniform allocation the fraction of every group's channels removed; with global or
+    auto allocation the fraction of the model's MACs removed. `seed` names a random baseline."""
 
     criterion: str
     amount: float
@@ -67,7 +76,7 @@ class PruningPlan:
 
 
 def plan_keep(
-    plan: PruningPlan,
+    allocation: str,
     scores: Mapping[str, np.ndarray],
     fraction: float,
     *,
@@ -78,19 +87,22 @@ def plan_keep(
     original_macs: float | None = None,
     normalise: str = "mean",
 ) -> dict[str, int]:
-    """Kept widths after removing `fraction` (uniform: of each group's original channels; global: of
-    the original model's MACs, `original_macs`), the current model's channels ranked by `scores` and
-    its MACs predicted by `costs`."""
-    if plan.allocation == "uniform":
+    """Kept widths by `allocation` after removing `fraction` (`uniform`: of each group's original
+    channels; `global`: of the original model's MACs, `original_macs`, by the global ranking;
+    `uniform-budget`: of the MACs too, every group cut by the same fraction), the current model's
+    channels ranked by `scores` and its MACs predicted by `costs`."""
+    if allocation == "uniform":
         return {root: uniform_keep(original.get(root, len(s)), fraction, round_to) for root, s in scores.items()}
     if costs is None or original_macs is None:
-        raise ValueError("global allocation needs the current model's costs and the original MACs")
+        raise ValueError(f"{allocation} allocation needs the current model's costs and the original MACs")
     current = {root: len(s) for root, s in scores.items()}
     widths = {root: original.get(root, current[root]) for root in scores}  # before the first step
+    budget = (1.0 - fraction) * original_macs
+    if allocation == "uniform-budget":
+        return uniform_budget_keep(widths, current, costs.macs, budget, round_to=round_to)
     # no group below its floor of the original width, whatever the step
     floor = {root: widths[root] - int(max_fraction * widths[root]) for root in scores}
     caps = {root: max(0.0, 1.0 - floor[root] / current[root]) for root in scores}
-    budget = (1.0 - fraction) * original_macs
     keep = budget_keep(scores, costs.macs, budget, round_to=round_to, max_fraction=1.0, normalise=normalise, caps=caps)
     predicted = costs.macs(keep)
     if predicted > budget:
@@ -120,16 +132,20 @@ def execute_plan(
     scores: Mapping[str, np.ndarray] | None = None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
     normalise: str = DEFAULT_NORMALISATION,
+    fidelity: FidelityFn | None = None,
 ) -> PruneResult:
     """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scores`, if
     given, are its scores on `model` (the first step then skips a fit). `recalibrate` re-estimates the
     batch norms between steps; `max_fraction` caps what global allocation takes from one group and
     `normalise` puts the groups' scores on one scale (compress.allocation; `auto`: the one measured
-    best for the plan's criterion). The caller's model is not changed."""
+    best for the plan's criterion). `fidelity` measures a pruned candidate against `model` (auto
+    allocation keeps the higher; it needs one). The caller's model is not changed."""
+    if plan.allocation == "auto" and fidelity is None:
+        raise ValueError("auto allocation needs a fidelity measure to choose between its candidates")
     start = time.perf_counter()
     original = group_widths(model, example_inputs, protected)
     original_macs = None
-    current, history, kept_unpruned = model, [], {}
+    current, history, kept_unpruned, choices = model, [], {}, []
     for step in range(1, plan.steps + 1):
         step_scores = scores if step == 1 and scores is not None else score(current)
         unscored = sorted(set(original) - set(step_scores))
@@ -140,32 +156,44 @@ def execute_plan(
             )
         fraction = plan.amount * step / plan.steps
         costs = None
-        if plan.allocation == "global":
+        if plan.allocation != "uniform":
             costs = MacsModel(current, example_inputs, protected)
             original_macs = original_macs or costs.total_
-        keep = plan_keep(
-            plan,
-            step_scores,
-            fraction,
-            original=original,
-            round_to=round_to,
-            max_fraction=max_fraction,
-            costs=costs,
-            original_macs=original_macs,
-            normalise=resolve_normalisation(normalise, plan.criterion),
-        )
-        result = prune(
-            current,
-            lambda m, s=step_scores: GroupScoreImportance(s, m),
-            plan.amount,
-            example_inputs,
-            protected=protected,
-            round_to=round_to,
-            keep=keep,
-        )
+        # candidate name -> how its widths are allocated; auto's in order of preference: a tie keeps
+        # global, the better default where shortcuts are (BENCHMARKS.md)
+        candidates = {"global": "global", "uniform": "uniform-budget"} if plan.allocation == "auto" else {}
+        candidates = candidates or {plan.allocation: plan.allocation}
+        pruned = {}
+        for name, allocation in candidates.items():
+            keep = plan_keep(
+                allocation,
+                step_scores,
+                fraction,
+                original=original,
+                round_to=round_to,
+                max_fraction=max_fraction,
+                costs=costs,
+                original_macs=original_macs,
+                normalise=resolve_normalisation(normalise, plan.criterion),
+            )
+            pruned[name] = prune(
+                current,
+                lambda m, s=step_scores: GroupScoreImportance(s, m),
+                plan.amount,
+                example_inputs,
+                protected=protected,
+                round_to=round_to,
+                keep=keep,
+            )
+        chosen = next(iter(candidates))
+        if len(candidates) > 1:
+            agreement = {name: fidelity(candidate.model) for name, candidate in pruned.items()}
+            chosen = max(agreement, key=agreement.get)  # the first of equals
+            choices.append({"step": step, "chosen": chosen, "agreement": agreement})
+        result = pruned[chosen]
         history += result.history
         kept_unpruned.update(result.kept_unpruned)
         current = result.model
         if step < plan.steps and recalibrate is not None:
             recalibrate(current)
-    return PruneResult(current, plan.amount, history, kept_unpruned, time.perf_counter() - start)
+    return PruneResult(current, plan.amount, history, kept_unpruned, time.perf_counter() - start, choices)

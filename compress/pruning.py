@@ -49,6 +49,8 @@ class PruneResult:
     history: list[list]  # torch-pruning pruning history: [root layer, is_out_channels, [indices]]
     kept_unpruned: dict[str, str] = field(default_factory=dict)  # group root -> why it was kept
     seconds: float = 0.0
+    # auto allocation, per step: the allocation kept and each candidate's agreement with the original
+    allocation_choices: list[dict] = field(default_factory=list)
 
     def pruned_channels(self) -> dict[str, list[int]]:
         """Output-channel indices (in the original model's numbering) removed from each group root."""

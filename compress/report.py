@@ -160,6 +160,25 @@ def write_report_md(report: dict[str, Any]) -> str:
         for name, groups in kept.items():
             for root, why in groups.items():
                 lines.append(f"- {name}: `{root}` — {why}")
+    chosen = {v["name"]: v["allocation_choices"] for v in variants if v.get("allocation_choices")}
+    if chosen:
+        lines += [
+            "",
+            "## Allocation chosen (--allocation auto)",
+            "",
+            "Each variant was pruned both ways at its MACs budget; the one whose top-1 agrees more often with the "
+            "original's on the calibration images was kept (a tie keeps global).",
+            "",
+            "| variant | step | kept | agreement: global | agreement: uniform |",
+            "|---|---|---|---|---|",
+        ]
+        for name, steps in chosen.items():
+            for c in steps:
+                agree = c["agreement"]
+                lines.append(
+                    f"| {name} | {c['step']} | {c['chosen']} | {100 * agree['global']:.2f}% | "
+                    f"{100 * agree['uniform']:.2f}% |"
+                )
     bench = report["benchmark"]
     lines += [
         "",

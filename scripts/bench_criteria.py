@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import threading
@@ -37,7 +38,8 @@ import torch
 import torch.nn as nn
 from benchmark_tables import interval95, machine, replace_section
 
-from compress.allocation import DEFAULT_NORMALISATION, resolve_normalisation
+from compress.agreement import Agreement
+from compress.allocation import DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, resolve_normalisation
 from compress.criteria import CRITERIA, importance_factory, make_scorer
 from compress.data import load_data
 from compress.errors import CompressWarning
@@ -343,6 +345,9 @@ class Subject:
         self.protected = output_layer_names(self.model, self.example)
         self.macs = count_macs_params(self.model, self.example)[0]
         self.original = evaluate(self.model, self.evaluation)["top1"]
+        # auto allocation's measure: agreement with the unpruned model on the calibration images
+        recover = functools.partial(recalibrate_batchnorm, batches=self.calibration)
+        self.agreement = Agreement(self.calibration, recover=recover).fit(self.model)
 
     def fit(self, criterion: str, model: nn.Module, seed: int | None, args) -> dict[str, np.ndarray]:
         scorer = make_scorer(criterion, pool_grid=args.pool_grid, seed=seed or 0)
@@ -399,9 +404,10 @@ def run_matched(item: str, args) -> dict:
             if target not in uniform_amounts:
                 uniform_amounts[target] = search_amount(subject, plan, first, target, args.round_to)[0]
             amount = uniform_amounts[target]
-        else:  # global allocation's amount is the share of MACs removed: matched by construction
+        else:  # global and auto allocation's amount is the share of MACs removed: matched by construction
             amount = round(1.0 - 1.0 / target, 6)
         start = time.perf_counter()
+        fidelity = subject.agreement.score if allocation == "auto" else None
         pruned = execute_plan(
             subject.model,
             dataclasses.replace(plan, amount=amount),
@@ -412,6 +418,7 @@ def run_matched(item: str, args) -> dict:
             recalibrate=lambda m: recalibrate_batchnorm(m, subject.calibration),
             scores=first,
             normalise=args.group_normalisation,
+            fidelity=fidelity,
         )
         recalibrate_batchnorm(pruned.model, subject.calibration)
         rows.append(
@@ -420,8 +427,10 @@ def run_matched(item: str, args) -> dict:
                 "allocation": allocation,
                 # the scale global allocation put the groups' scores on (None: uniform allocation)
                 "normalisation": resolve_normalisation(args.group_normalisation, criterion)
-                if allocation == "global"
+                if allocation != "uniform"
                 else None,
+                # auto allocation: per step, the allocation kept and each candidate's agreement
+                "choices": pruned.allocation_choices,
                 "steps": steps,
                 "criterion": criterion,
                 "seed": seed,
@@ -471,14 +480,13 @@ def matched_table(result: dict, targets: list[float]) -> list[str]:
 
 
 def best_lines(result: dict, targets: list[float]) -> list[str]:
-    """Per target: causal with the run's defaults (global allocation, one step) against the best
+    """Per target: causal with the run's defaults (the default allocation, one step) against the best
     baseline configuration (any allocation and schedule; random excluded)."""
     out = []
     for t in targets:
         at = [r for r in result["rows"] if r["target"] == t]
-        default = next(
-            (r for r in at if r["criterion"] == "causal" and r["allocation"] == "global" and r["steps"] == 1), None
-        )
+        defaults = ("causal", DEFAULT_ALLOCATION, 1)
+        default = next((r for r in at if (r["criterion"], r["allocation"], r["steps"]) == defaults), None)
         baselines = [r for r in at if not r["criterion"].startswith("causal") and r["criterion"] != "random"]
         base = max(baselines, key=lambda r: r["after"], default=None)
         if default and base:
@@ -489,6 +497,27 @@ def best_lines(result: dict, targets: list[float]) -> list[str]:
                 + (" **(miss)**" if margin < 0 else "")
             )
     return out
+
+
+def choice_lines(result: dict, targets: list[float]) -> list[str]:
+    """Per auto row: the allocation it kept and both candidates' agreement with the original on the
+    calibration images (first step), next to the uniform and global rows' top-1 of the same criterion."""
+    out = []
+    for t in targets:
+        for r in (r for r in result["rows"] if r["target"] == t and r.get("choices")):
+            same = {
+                x["allocation"]: x["after"]
+                for x in result["rows"]
+                if (x["target"], x["criterion"], x["steps"]) == (t, r["criterion"], r["steps"])
+            }
+            first = r["choices"][0]
+            agree = " / ".join(f"{name} {100 * a:.2f}%" for name, a in first["agreement"].items())
+            tops = " / ".join(f"{a} {same[a]:.2f}" for a in ("global", "uniform") if a in same)
+            out.append(
+                f"- {t:g}x, {_variant(r)}: kept {first['chosen']} (agreement {agree})"
+                + (f"; top-1 {tops}" if tops else "")
+            )
+    return [*out, ""] if out else []
 
 
 def plot_matched(results: list[dict], path: Path) -> None:
@@ -532,8 +561,9 @@ def render_matched(results: list[dict], args, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Every cell is top-1 % after batch-norm re-estimation (MACs kept in brackets) at the amount the "
-        f"target search found for that row (uniform: one search for all criteria; global: the amount is "
-        f"1 - 1/target of the MACs, spent exactly by the allocation; group normalisation "
+        f"target search found for that row (uniform: one search for all criteria; global and auto: the amount "
+        f"is 1 - 1/target of the MACs, spent exactly by global allocation, at most by auto's uniform "
+        f"candidate; group normalisation "
         f"{getattr(args, 'group_normalisation', DEFAULT_NORMALISATION)}), "
         f"channel rounding {args.round_to}, calibration on {args.calibration_size} training images; random "
         f"with {args.random_seeds} seeds (mean ± std), uniform allocation only. Machine: {machine()}.",
@@ -549,6 +579,7 @@ def render_matched(results: list[dict], args, command: str) -> str:
             "",
             *best_lines(r, args.targets),
             "",
+            *choice_lines(r, args.targets),
             "Scoring time against a plain inference pass over the calibration images: "
             + ", ".join(
                 f"{c} {v['fit_s']:.1f} s ({v['fit_s'] / v['plain_s']:.2f}x)"
@@ -578,7 +609,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="replace this script's section of the given Markdown file")
     parser.add_argument("--costs-only", action="store_true", help="only the scoring cost and memory tables")
     parser.add_argument("--targets", type=lambda s: [float(x) for x in s.split(",")], help="MACs reductions")
-    parser.add_argument("--allocations", type=lambda s: s.split(","), default=["uniform", "global"])
+    parser.add_argument("--allocations", type=lambda s: s.split(","), default=["uniform", "global", "auto"])
     parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1])
     parser.add_argument(
         "--steps-allocations",

@@ -109,11 +109,13 @@ def table(report: dict, controlled: dict | None) -> list[str]:
 
 
 def amounts(report: dict) -> str:
-    """The pruning amount of each criterion (one for all, but with a speed-up search under global allocation)."""
+    """The pruning amount of each criterion (one for all, but with a speed-up search under global or auto
+    allocation)."""
     allocation = report["config"]["allocation"]
     found = {c: t["ratio"] for c, t in (report.get("targets") or {}).items()}
-    if allocation == "global" and len(set(found.values())) == 1:
-        return f"Global allocation removing {next(iter(found.values())):.4f} of the MACs for every criterion,"
+    if allocation in ("global", "auto") and len(set(found.values())) == 1:
+        share = next(iter(found.values()))
+        return f"{allocation.capitalize()} allocation removing {share:.4f} of the MACs for every criterion,"
     if allocation == "uniform" or len(set(found.values())) <= 1:
         return f"Uniform pruning ratio {report['target']['ratio']:.4f}, the same for every criterion,"
     each = ", ".join(f"{c} {r:.4f}" for c, r in found.items())

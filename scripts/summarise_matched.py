@@ -2,7 +2,7 @@
 
 Each input is the `--json` file of one `scripts/bench_criteria.py --targets ...` run. Runs with
 different `--seed` (other calibration and evaluation images) and different `--group-normalisation`
-are pooled: per model, MACs target and seed, causal with its defaults (global allocation, the
+are pooled: per model, MACs target and seed, causal with its defaults (the default allocation, the
 normalisation `auto` gives it, one step) is compared with the best of every baseline configuration
 (criterion x allocation x steps x normalisation; random excluded) of that seed, and over the seeds
 with the baseline configuration whose mean is best.
@@ -30,10 +30,10 @@ from pathlib import Path
 
 from benchmark_tables import replace_section
 
-from compress.allocation import NORMALISATIONS, resolve_normalisation
+from compress.allocation import DEFAULT_ALLOCATION, NORMALISATIONS, resolve_normalisation
 
 HEADING = "### Criteria at matched MACs over data seeds"
-DEFAULT = ("causal", "global", 1, resolve_normalisation("auto", "causal"))
+DEFAULT = ("causal", DEFAULT_ALLOCATION, 1, resolve_normalisation("auto", "causal"))
 
 
 def parse_input(item: str) -> tuple[Path, str | None, int | None]:
@@ -49,7 +49,7 @@ def parse_input(item: str) -> tuple[Path, str | None, int | None]:
 
 def configuration(row: dict, fallback: str | None) -> tuple:
     normalisation = None
-    if row["allocation"] == "global":
+    if row["allocation"] != "uniform":  # global and auto rank with a normalisation
         normalisation = row.get("normalisation") or resolve_normalisation(fallback or "auto", row["criterion"])
     return row["criterion"], row["allocation"], row["steps"], normalisation
 
@@ -85,7 +85,7 @@ def is_baseline(config: tuple) -> bool:
 def render(table: dict, command: str) -> str:
     head = [HEADING, "", f"Command: `{command}`", ""]
     out = [
-        "Per model and MACs target: causal with its defaults (global allocation, "
+        f"Per model and MACs target: causal with its defaults ({DEFAULT[1]} allocation, "
         f"`{DEFAULT[3]}`, one step) on each data seed (other calibration and evaluation images), the best "
         "baseline configuration of that seed, and over the seeds the mean of causal against the baseline "
         "configuration with the best mean. A miss is marked.",

@@ -4,7 +4,14 @@ a MACs budget spent exactly."""
 import numpy as np
 import pytest
 
-from compress.allocation import budget_keep, global_keep, normalise_scores, resolve_normalisation, uniform_keep
+from compress.allocation import (
+    budget_keep,
+    global_keep,
+    normalise_scores,
+    resolve_normalisation,
+    uniform_budget_keep,
+    uniform_keep,
+)
 
 
 def test_uniform_keep_floors_rounds_down_and_never_empties_a_group():
@@ -92,3 +99,20 @@ def test_a_budget_beyond_the_caps_takes_what_the_caps_allow():
     scores = {"a": np.ones(8), "b": np.ones(8)}
     macs_of = _linear_costs({"a": 1.0, "b": 1.0})
     assert budget_keep(scores, macs_of, 0.0, max_fraction=0.5) == {"a": 4, "b": 4}
+
+
+def test_uniform_allocation_at_a_macs_budget_cuts_every_group_by_the_smallest_fraction_that_fits():
+    original = {"stream": 16, "wide": 64}
+    macs_of = _linear_costs({"stream": 100.0, "wide": 10.0})
+    full = macs_of(original)
+    grid = np.linspace(0.0, 1.0, 20001)
+    for share in (0.2, 0.35, 0.5, 0.7):
+        budget = (1 - share) * full
+        keep = uniform_budget_keep(original, original, macs_of, budget, round_to=4)
+        fits = next(r for r in grid if macs_of({k: uniform_keep(w, r, 4) for k, w in original.items()}) <= budget)
+        assert keep == {k: uniform_keep(w, fits, 4) for k, w in original.items()}  # one fraction for all
+        assert macs_of(keep) <= budget
+    # a group already narrower than its uniform width (an earlier step) does not grow back
+    assert uniform_budget_keep(original, {"stream": 4, "wide": 64}, macs_of, 0.9 * full, round_to=4)["stream"] == 4
+    # no uniform cut fits: the narrowest widths
+    assert uniform_budget_keep(original, original, macs_of, 0.0, round_to=4) == {"stream": 4, "wide": 4}

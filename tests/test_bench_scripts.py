@@ -40,16 +40,18 @@ def write(path: Path, rows: list[dict], **fields) -> Path:
 def test_causal_defaults_against_the_best_baseline_per_seed_and_over_the_seeds(tmp_path):
     summarise = load_script("summarise_matched")
     # seed 0: two runs of an old script (no recorded seed or normalisation), told by suffixes
-    mean0 = write(tmp_path / "a.json", [row("causal", 60.0), row("l1", 62.0), row("taylor", 50.0, steps=3)])
+    mean0 = write(
+        tmp_path / "a.json", [row("causal", 60.0, allocation="auto"), row("l1", 62.0), row("taylor", 50.0, steps=3)]
+    )
     total0 = write(tmp_path / "b.json", [row("l1", 40.0)])
     # seed 1: a new run records its seed and each global row's normalisation
-    rows1 = [row("causal", 70.0), row("l1", 61.0), row("taylor", 65.0, steps=3)]
+    rows1 = [row("causal", 70.0, allocation="auto"), row("l1", 61.0), row("taylor", 65.0, steps=3)]
     rows1[0]["normalisation"], rows1[1]["normalisation"], rows1[2]["normalisation"] = "sqrt-total", "mean", "mean"
     run1 = write(tmp_path / "c.json", [*rows1, row("random", 99.0, allocation="uniform")], data_seed=1)
 
     table = summarise.load([f"{mean0}:auto@0", f"{total0}:sqrt-total@0", str(run1)])
     configs = table["m"][2.0]
-    assert configs[("causal", "global", 1, "sqrt-total")] == {0: 60.0, 1: 70.0}  # auto resolves per criterion
+    assert configs[("causal", "auto", 1, "sqrt-total")] == {0: 60.0, 1: 70.0}  # auto resolves per criterion
     assert configs[("l1", "global", 1, "mean")] == {0: 62.0, 1: 61.0}
     assert configs[("l1", "global", 1, "sqrt-total")] == {0: 40.0}  # the suffix named it
     assert not any(c[0] == "random" for c in configs)  # random is no baseline configuration
@@ -64,7 +66,11 @@ def test_causal_defaults_against_the_best_baseline_per_seed_and_over_the_seeds(t
 
 def test_a_tie_between_baselines_is_named_alike_per_seed_and_over_the_seeds(tmp_path):
     summarise = load_script("summarise_matched")
-    rows = [row("causal", 60.0), row("l2", 70.0, allocation="uniform"), row("lamp", 70.0, allocation="uniform")]
+    rows = [
+        row("causal", 60.0, allocation="auto"),
+        row("l2", 70.0, allocation="uniform"),
+        row("lamp", 70.0, allocation="uniform"),
+    ]
     table = summarise.load([f"{write(tmp_path / 'a.json', rows)}:auto@0"])
     text = summarise.render(table, "cmd")
     assert "| 2x | 60.00 | 70.00 lamp · uniform (miss) | 60.00 **(miss)** | 70.00 lamp · uniform |" in text
@@ -72,10 +78,10 @@ def test_a_tie_between_baselines_is_named_alike_per_seed_and_over_the_seeds(tmp_
 
 def test_a_later_input_replaces_an_earlier_ones_row(tmp_path):
     summarise = load_script("summarise_matched")
-    first = write(tmp_path / "a.json", [row("causal", 60.0), row("l1", 62.0)])
-    rerun = write(tmp_path / "b.json", [row("causal", 65.0)])
+    first = write(tmp_path / "a.json", [row("causal", 60.0, allocation="auto"), row("l1", 62.0)])
+    rerun = write(tmp_path / "b.json", [row("causal", 65.0, allocation="auto")])
     table = summarise.load([f"{first}:auto@0", f"{rerun}:auto@0"])
-    assert table["m"][2.0][("causal", "global", 1, "sqrt-total")] == {0: 65.0}
+    assert table["m"][2.0][("causal", "auto", 1, "sqrt-total")] == {0: 65.0}
     assert "| 2x | 65.00 | 62.00 l1 · global mean | 65.00 | 62.00 l1 · global mean |" in summarise.render(table, "cmd")
 
 
@@ -115,3 +121,23 @@ def test_pipeline_latency_table_says_whose_widths_the_random_rows_have():
     global_ = bench.latency_table({**report, "config": {"allocation": "global"}})[0]
     assert "share the causal ones' shapes" in uniform
     assert "its own widths" in global_ and "share the causal" not in global_
+
+
+def test_the_matched_tables_compare_causal_defaults_and_say_what_auto_allocation_kept():
+    bench = load_script("bench_criteria")
+    kept = [{"step": 1, "chosen": "uniform", "agreement": {"global": 0.8, "uniform": 0.9}}]
+    result = {
+        "rows": [
+            {**row("causal", 70.0, allocation="auto"), "macs": 0.48, "choices": kept},  # the default allocation
+            {**row("causal", 65.0), "macs": 0.5},
+            {**row("causal", 70.0, allocation="uniform"), "macs": 0.48},
+            {**row("l1", 68.0), "macs": 0.5},
+        ]
+    }
+    [line] = bench.best_lines(result, [2.0])
+    assert line == "- 2x: causal (defaults) 70.00 at 0.480 MACs; best baseline l1 · global 68.00 at 0.500: +2.00"
+    assert bench.choice_lines(result, [2.0]) == [
+        "- 2x, causal · auto: kept uniform (agreement global 80.00% / uniform 90.00%); "
+        "top-1 global 65.00 / uniform 70.00",
+        "",
+    ]

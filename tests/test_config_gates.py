@@ -230,7 +230,7 @@ def test_target_macs_ratio_picks_and_ships_the_smallest_ratio_that_meets_it(tmp_
 def test_with_global_allocation_a_macs_target_is_the_amount_itself_and_is_met_closely(tmp_path):
     out = tmp_path / "target"
     args = ["run", "--out", str(out), "--ratios", "", "--criteria", "causal,l1", "--target-macs-ratio", "0.6"]
-    assert main([*args, "--quiet", *FAST]) == 0
+    assert main([*args, "--allocation", "global", "--quiet", *FAST]) == 0
     report = json.loads((out / "report.json").read_text())
     for criterion, target in report["targets"].items():
         assert target["ratio"] == pytest.approx(0.4) and target["reached"] and len(target["steps"]) == 1

@@ -5,6 +5,7 @@ import pytest
 import torch
 from builders import TwoConv, batches, randomise_batchnorm
 
+from compress.allocation import uniform_keep
 from compress.criteria import importance_factory, make_scorer
 from compress.errors import CompressWarning
 from compress.plans import PruningPlan, execute_plan
@@ -33,15 +34,19 @@ def test_one_uniform_step_is_plain_pruning(digits):
     assert planned.pruned_channels() == plain.pruned_channels()
 
 
-def test_global_allocation_takes_channels_where_the_scores_are_low_until_the_macs_share_is_gone(digits):
-    model, _, x, protected = digits
-    # conv1's and conv3's channels all matter; conv2's and conv4's mostly do not
-    scores = {
+def _conv1_matters_most():
+    """conv1's and conv3's channels all matter, conv2's and conv4's mostly not (global keeps conv1 whole)."""
+    return {
         "conv1": np.full(32, 5.0),
         "conv2": np.r_[np.full(48, 0.1), np.full(16, 5.0)],
         "conv3": np.full(128, 5.0),
         "conv4": np.r_[np.full(96, 0.1), np.full(32, 5.0)],
     }
+
+
+def test_global_allocation_takes_channels_where_the_scores_are_low_until_the_macs_share_is_gone(digits):
+    model, _, x, protected = digits
+    scores = _conv1_matters_most()
     plan = PruningPlan("causal", 0.4, "global")  # global: the amount is the share of MACs removed
     result = execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=4)
     widths = layer_widths(result.model)
@@ -51,6 +56,38 @@ def test_global_allocation_takes_channels_where_the_scores_are_low_until_the_mac
     assert widths["conv1"] == 32 and widths["conv3"] == 128  # uniform would have taken 40% of them too
     removed = result.pruned_channels()
     assert all(i < 48 for i in removed["conv2"]) and all(i < 96 for i in removed["conv4"])  # the low ones
+
+
+def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_tie(digits):
+    model, _, x, protected = digits
+    scores = _conv1_matters_most()
+    settings = {"protected": protected, "round_to": 4}
+    global_widths = layer_widths(
+        execute_plan(model, PruningPlan("causal", 0.4, "global"), lambda m: scores, x, **settings).model
+    )
+    measured = []
+
+    def thin_conv1_agrees_more(m):  # a stand-in fidelity that prefers the candidate with the narrower conv1
+        measured.append(layer_widths(m))
+        return 1.0 - layer_widths(m)["conv1"] / 32
+
+    plan = PruningPlan("causal", 0.4, "auto")
+    result = execute_plan(model, plan, lambda m: scores, x, **settings, fidelity=thin_conv1_agrees_more)
+    widths = layer_widths(result.model)
+    assert measured[0] == global_widths and len(measured) == 2  # both candidates measured, global first
+    assert widths == measured[1] != global_widths
+    # uniform at the MACs budget: every group cut by one fraction, no more than the budget needs
+    assert count_macs_params(result.model, x)[0] <= 0.6 * count_macs_params(model, x)[0]
+    base = {n: w for n, w in layer_widths(model).items() if n != "fc"}
+    assert any(all(widths[n] == uniform_keep(w, r, 4) for n, w in base.items()) for r in np.linspace(0, 1, 1001))
+    chosen = result.allocation_choices
+    assert [c["chosen"] for c in chosen] == ["uniform"] and chosen[0]["agreement"]["global"] == 0.0
+
+    tie = execute_plan(model, plan, lambda m: scores, x, **settings, fidelity=lambda m: 0.9)
+    assert layer_widths(tie.model) == global_widths
+    assert tie.allocation_choices == [{"step": 1, "chosen": "global", "agreement": {"global": 0.9, "uniform": 0.9}}]
+    with pytest.raises(ValueError, match="auto allocation needs a fidelity measure"):
+        execute_plan(model, plan, lambda m: scores, x, **settings)
 
 
 def test_auto_normalisation_follows_the_plans_criterion(digits):
@@ -117,7 +154,7 @@ def test_a_group_a_criterion_cannot_score_is_kept_whole_with_one_warning():
 def test_plans_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match=r"amount must be in \(0, 1\)"):
         PruningPlan("causal", 1.2)
-    with pytest.raises(ValueError, match="allocation must be one of uniform, global"):
+    with pytest.raises(ValueError, match="allocation must be one of uniform, global, auto"):
         PruningPlan("causal", 0.3, "greedy")
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         PruningPlan("causal", 0.3, steps=0)
@@ -143,3 +180,23 @@ def test_a_run_with_global_allocation_steps_and_a_target_searches_each_criterion
     shipped = next(v for v in report["variants"] if v["name"] == report["chosen"]["variant"])
     assert shipped["criterion"] == "causal" and shipped["ratio"] == targets["causal"]["ratio"]
     assert (out / "plots" / "widths.png").is_file()
+
+
+def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_target(tmp_path):
+    import json
+
+    from compress.cli import main
+
+    out = tmp_path / "out"
+    args = ["run", "--allocation", "auto", "--criteria", "causal,l1", "--ratios", "", "--target-macs-ratio", "0.5"]
+    args += ["--out", str(out), "--quiet"]
+    args += ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    for v in report["variants"][1:]:
+        [choice] = v["allocation_choices"]
+        assert choice["chosen"] == max(choice["agreement"], key=choice["agreement"].get)  # the one that agrees more
+        assert all(0.0 <= a <= 1.0 for a in choice["agreement"].values())
+        assert v["ratio"] == 0.5 and v["macs_ratio"] <= 0.5  # a share of MACs, whichever allocation was kept
+    assert "auto allocation removed 0.5 of the MACs" in report["chosen"]["reason"]
+    assert "## Allocation chosen (--allocation auto)" in (out / "report.md").read_text()

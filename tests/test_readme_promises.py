@@ -143,7 +143,7 @@ def test_documented_defaults():
 
     config = RunConfig()
     assert config.criteria == ("causal", "l1", "random")
-    assert (config.allocation, config.group_normalisation, config.max_group_ratio) == ("global", "auto", 0.9)
+    assert (config.allocation, config.group_normalisation, config.max_group_ratio) == ("auto", "auto", 0.9)
     assert (config.round_to, config.effect_images, config.parity_tolerance) == (4, 512, 1e-4)
     assert (config.distill_temperature, config.distill_weight) == (4.0, 0.7)
     assert (config.exporter, config.int8, config.ship_int8, config.download) == ("dynamo", False, False, False)

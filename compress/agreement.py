@@ -1,0 +1,63 @@
+"""How closely a pruned model follows the unpruned one, measured without labels.
+
+The share of calibration images on which a pruned model predicts the class the unpruned model
+predicts. It needs no labels (calibration images have none in general), it is what a user compares
+when asking whether the pruned model still does what the original did, and on the calibration
+images it ranks two prunings of one model at one cost as their test top-1 does (BENCHMARKS.md,
+choosing the allocation). `--allocation auto` uses it to choose between the allocations
+(compress.plans).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+# Readies a pruned model before it is measured, in place: the recovery the shipped model gets.
+Recover = Callable[[nn.Module], None]
+
+
+def _images(batch) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class Agreement:
+    """Top-1 agreement with a reference model on `batches` (re-iterable: a DataLoader or a list).
+
+    `fit(reference)` records the reference's predicted class for every image (`predictions_`);
+    `score(model)` returns the share of the images on which `model` predicts the same class, in
+    [0, 1], after `recover` (say, batch-norm re-estimation) on a copy of it: the model itself is not
+    changed, so what it scores before recovery can still be reported.
+    """
+
+    def __init__(self, batches: Iterable, recover: Recover | None = None):
+        self.batches = batches
+        self.recover = recover
+
+    @torch.no_grad()
+    def fit(self, reference: nn.Module) -> Agreement:
+        reference.eval()
+        predictions = [reference(_images(batch)).argmax(1) for batch in self.batches]
+        if not predictions:
+            raise ValueError("agreement needs at least one image; the batches are empty")
+        self.predictions_ = torch.cat(predictions)
+        return self
+
+    @torch.no_grad()
+    def score(self, model: nn.Module) -> float:
+        if not hasattr(self, "predictions_"):
+            raise RuntimeError("Agreement.score called before fit(reference)")
+        if self.recover is not None:
+            model = copy.deepcopy(model)
+            self.recover(model)
+        model.eval()
+        predicted = torch.cat([model(_images(batch)).argmax(1) for batch in self.batches])
+        if predicted.shape != self.predictions_.shape:
+            raise ValueError(
+                f"the batches gave {len(predicted)} images, the reference saw {len(self.predictions_)}: "
+                "pass a loader that yields the same images every time"
+            )
+        return float((predicted == self.predictions_).double().mean())
