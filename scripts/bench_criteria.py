@@ -6,7 +6,8 @@
 Matched MACs (`--targets`): for every model, criterion, allocation and schedule, the pruning amount
 that removes the target share of MACs is found by the target search (uniform allocation: one search,
 its shapes do not depend on the scores; global allocation: its amount is the share of MACs removed,
-spent exactly by compress.allocation.budget_keep), so every row compares models of equal cost.
+spent exactly by compress.allocation.budget_keep; auto: the same amount, global or uniform at that
+budget, whichever agrees more with the unpruned model), so every row compares models of equal cost.
 One-shot (or `--steps`) pruning, channel rounding `--round-to`, top-1 after batch-norm re-estimation;
 random with `--random-seeds` seeds.
 `--plot` draws top-1 against MACs kept for every model (the Pareto picture).
@@ -345,9 +346,13 @@ class Subject:
         self.protected = output_layer_names(self.model, self.example)
         self.macs = count_macs_params(self.model, self.example)[0]
         self.original = evaluate(self.model, self.evaluation)["top1"]
-        # auto allocation's measure: agreement with the unpruned model on the calibration images
+
+    @functools.cached_property
+    def agreement(self) -> Agreement:
+        """Auto allocation's measure: agreement with the unpruned model on the calibration images, after
+        re-estimation (a pass of the unpruned model, made only when an auto row needs it)."""
         recover = functools.partial(recalibrate_batchnorm, batches=self.calibration)
-        self.agreement = Agreement(self.calibration, recover=recover).fit(self.model)
+        return Agreement(self.calibration, recover=recover).fit(self.model)
 
     def fit(self, criterion: str, model: nn.Module, seed: int | None, args) -> dict[str, np.ndarray]:
         scorer = make_scorer(criterion, pool_grid=args.pool_grid, seed=seed or 0)
