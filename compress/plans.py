@@ -161,8 +161,8 @@ def execute_plan(
             original_macs = original_macs or costs.total_
         # candidate name -> how its widths are allocated; auto's in order of preference: a tie keeps
         # global, the better default where shortcuts are (BENCHMARKS.md)
-        candidates = {"global": "global", "uniform": "uniform-budget"} if plan.allocation == "auto" else {}
-        candidates = candidates or {plan.allocation: plan.allocation}
+        auto = plan.allocation == "auto"
+        candidates = {"global": "global", "uniform": "uniform-budget"} if auto else {plan.allocation: plan.allocation}
         pruned = {}
         for name, allocation in candidates.items():
             keep = plan_keep(
