@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from .causal.calibration import batch_images
+
 # Readies a pruned model before it is measured, in place (Agreement hands it a copy): the recovery
 # the shipped model gets.
 Recover = Callable[[nn.Module], None]
-
-
-def _images(batch) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 class Agreement:
@@ -41,7 +39,7 @@ class Agreement:
     @torch.no_grad()
     def fit(self, reference: nn.Module) -> Agreement:
         reference.eval()
-        predictions = [reference(_images(batch)).argmax(1) for batch in self.batches]
+        predictions = [reference(batch_images(batch)).argmax(1) for batch in self.batches]
         if not predictions:
             raise ValueError("agreement needs at least one image; the batches are empty")
         self.predictions_ = torch.cat(predictions)
@@ -55,7 +53,7 @@ class Agreement:
             model = copy.deepcopy(model)
             self.recover(model)
         model.eval()
-        predicted = torch.cat([model(_images(batch)).argmax(1) for batch in self.batches])
+        predicted = torch.cat([model(batch_images(batch)).argmax(1) for batch in self.batches])
         if predicted.shape != self.predictions_.shape:
             raise ValueError(
                 f"the batches gave {len(predicted)} images, the reference saw {len(self.predictions_)}: "

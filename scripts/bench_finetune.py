@@ -4,8 +4,9 @@
         --data ../shared/data/cifar10 --epochs 3 --write BENCHMARKS.md
 
 Runs `compress run` once: it prunes to keep at most --target-macs-ratio of the MACs (0.5: ~2x
-fewer; with global allocation, the default, that share of the MACs is the amount, the same cost for
-every criterion; with uniform allocation the amount is searched) with causal, taylor, l1 and
+fewer; with global or auto allocation (auto, the default, keeps global's or uniform's cut of that
+budget per variant) that share of the MACs is the amount, the same cost for every criterion; with
+uniform allocation the amount is searched) with causal, taylor, l1 and
 --random-seeds random baselines, re-estimates
 batch norm, fine-tunes every variant with the same budget (--epochs, --lr, cosine schedule,
 distillation from the original unless --no-distill) on training images kept apart from calibration
@@ -108,6 +109,21 @@ def table(report: dict, controlled: dict | None) -> list[str]:
     return lines
 
 
+def kept(report: dict) -> str:
+    """What auto allocation kept, over the pruned variants: ' (global kept for every variant)', or each
+    variant's choice; empty under another allocation."""
+    chosen = {
+        v["name"]: "/".join(c["chosen"] for c in v["allocation_choices"])
+        for v in report["variants"]
+        if v.get("allocation_choices")
+    }
+    if report["config"]["allocation"] != "auto" or not chosen:
+        return ""
+    if len(set(chosen.values())) == 1:
+        return f" ({next(iter(chosen.values()))} kept for every variant)"
+    return " (" + ", ".join(f"{name}: {c}" for name, c in chosen.items()) + ")"
+
+
 def amounts(report: dict) -> str:
     """The pruning amount of each criterion (one for all, but with a speed-up search under global or auto
     allocation)."""
@@ -115,7 +131,8 @@ def amounts(report: dict) -> str:
     found = {c: t["ratio"] for c, t in (report.get("targets") or {}).items()}
     if allocation in ("global", "auto") and len(set(found.values())) == 1:
         share = next(iter(found.values()))
-        return f"{allocation.capitalize()} allocation removing {share:.4f} of the MACs for every criterion,"
+        allocated = f"{allocation.capitalize()} allocation{kept(report)}"
+        return f"{allocated} removing {share:.4f} of the MACs for every criterion,"
     if allocation == "uniform" or len(set(found.values())) <= 1:
         return f"Uniform pruning ratio {report['target']['ratio']:.4f}, the same for every criterion,"
     each = ", ".join(f"{c} {r:.4f}" for c, r in found.items())

@@ -141,3 +141,26 @@ def test_the_matched_tables_compare_causal_defaults_and_say_what_auto_allocation
         "top-1 global 65.00 / uniform 70.00",
         "",
     ]
+
+
+def test_finetune_table_says_what_auto_allocation_kept():
+    bench = load_script("bench_finetune")
+    targets = {"causal": {"ratio": 0.5}, "l1": {"ratio": 0.5}}
+    global_choice = [{"step": 1, "chosen": "global", "agreement": {"global": 0.8, "uniform": 0.7}}]
+    uniform_choice = [{"step": 1, "chosen": "uniform", "agreement": {"global": 0.6, "uniform": 0.7}}]
+    report = {
+        "config": {"allocation": "auto"},
+        "targets": targets,
+        "variants": [
+            {"name": "original"},
+            {"name": "causal-0.50", "allocation_choices": global_choice},
+            {"name": "l1-0.50", "allocation_choices": global_choice},
+        ],
+    }
+    assert bench.amounts(report) == (
+        "Auto allocation (global kept for every variant) removing 0.5000 of the MACs for every criterion,"
+    )
+    report["variants"][2]["allocation_choices"] = uniform_choice
+    assert "(causal-0.50: global, l1-0.50: uniform)" in bench.amounts(report)
+    report["config"]["allocation"] = "global"
+    assert bench.amounts(report) == "Global allocation removing 0.5000 of the MACs for every criterion,"

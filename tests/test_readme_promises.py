@@ -196,15 +196,16 @@ def test_the_readme_python_example_runs_and_leaves_the_model_unchanged(tmp_path,
         exec(compile(block, str(README), "exec"), namespace)  # the README's own example, as written
     scores = np.asarray(namespace["scorer"].importances_["conv4"])
     assert scores.shape == (128,) and np.isfinite(scores).all() and scores.std() > 0  # one score per filter
-    model, pruned = namespace["model"], namespace["pruned"].model
+    model, pruned, pruner = namespace["model"], namespace["pruned"].model, namespace["pruner"]
     for name, value in model.state_dict().items():  # scored, pruned and used as teacher: never changed
         assert torch.equal(value, untouched[name]), name
     assert pruned.conv4.out_channels < model.conv4.out_channels
+    assert pruner.macs_ratio_ <= 0.5 and pruner.allocation_choices_[0]["chosen"] in ("global", "uniform")
     proto = onnx.load(str(tmp_path / "slim.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a dynamic batch axis
     exported = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    assert exported["conv4.weight"][0] == pruned.conv4.out_channels  # the slim model, not the original
+    assert exported["conv4.weight"][0] == pruner.model_.conv4.out_channels < model.conv4.out_channels  # slim
 
 
 def test_bench_force_replaces_an_earlier_report_but_not_without_it(tmp_path, capsys):
