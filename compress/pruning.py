@@ -119,7 +119,9 @@ def prune(
     so seeded criteria stay reproducible). `protected` names layers whose output channels are kept
     (default: the traced output layers). `round_to` keeps each group's channel count a multiple of it
     (rounding down; None or 1: exact ratio). `keep`, when given, replaces the ratio: the channels each
-    group keeps, by group root (compress.allocation); groups it does not name stay whole.
+    group keeps, by group root (compress.allocation); groups it does not name stay whole. A group whose
+    channels come in equal parts (a grouped convolution's, a group norm's) loses the same channels from
+    every part, so its kept count is rounded down to a whole number per part (`group_parts`).
     `example_inputs` are real inputs: they trace the graph and validate every pruned group. The
     caller's model is not changed.
     """
@@ -142,7 +144,7 @@ def prune(
     while True:
         try:
             pruned, history = _prune_once(
-                reference, importance, example_inputs, list(protected) + list(kept), round_to, check_each, keep
+                reference, importance, example_inputs, list(protected) + list(kept), check_each, keep
             )
         except _GroupRejected as rejected:
             if rejected.root is None:
@@ -167,12 +169,12 @@ def _prune_once(
     importance: ImportanceFactory,
     example_inputs: torch.Tensor,
     ignored: list[str],
-    round_to: int | None,
     check_each: bool,
     keep: Mapping[str, int],
 ) -> tuple[nn.Module, list[list]]:
     work = copy.deepcopy(reference)
     names = {m: n for n, m in work.named_modules()}
+    parts = group_parts(reference, example_inputs, ignored)
     # torch-pruning's per-layer ratios, each group its own ranking scope
     per_group = {
         module: 1.0 - (kept + 0.5) / width  # + 0.5: torch-pruning floors width * (1 - ratio)
@@ -180,11 +182,14 @@ def _prune_once(
         if root not in ignored
         for module in [work.get_submodule(root)]
         for width in [module.out_channels if isinstance(module, nn.Conv2d) else module.out_features]
+        for kept in [_whole_parts(kept, parts.get(root, 1))]
         if kept < width
     }
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # torch-pruning warns about every unknown op it meets
         try:
+            # The kept widths come rounded (compress.allocation), so torch-pruning gets no round_to: it
+            # would round a grouped convolution's count per part against the whole width.
             pruner = tp.pruner.BasePruner(
                 work,
                 example_inputs,
@@ -192,7 +197,6 @@ def _prune_once(
                 pruning_ratio=0.0,  # every pruned group has its own ratio
                 pruning_ratio_dict=per_group,
                 ignored_layers=[work.get_submodule(n) for n in ignored],
-                round_to=round_to,
             )
         except Exception as exc:  # tracing runs arbitrary model code
             raise PruningError(
@@ -215,6 +219,37 @@ def _prune_once(
         masked.close()
     history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
     return work.eval(), history
+
+
+def _parts(module: nn.Module) -> int:
+    """Into how many equal parts torch-pruning splits a layer's channels: a grouped convolution's groups
+    (not a depthwise one's: its channels pass one to one), a group norm's."""
+    if isinstance(module, nn.Conv2d) and module.groups != module.out_channels:
+        return module.groups
+    return module.num_groups if isinstance(module, nn.GroupNorm) else 1
+
+
+def group_parts(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]) -> dict[str, int]:
+    """Group root -> the equal parts its channels come in, for the groups with more than one
+    (compress.pruning removes the same channels from every part, so a group keeps a whole number of
+    channels per part). Empty, without tracing, for a model with no such layer."""
+    if all(_parts(m) == 1 for m in model.modules()):
+        return {}
+    observed = copy.deepcopy(model).eval()
+    graph = build_dependency_graph(observed, example_inputs)
+    names = {m: n for n, m in observed.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
+    parts = {}
+    for group in prunable_groups(graph, list(ignored)):
+        count = max(_parts(item.dep.target.module) for item in group)
+        if count > 1:
+            parts[group_root(group, names, order)] = count
+    return parts
+
+
+def _whole_parts(kept: int, parts: int) -> int:
+    """`kept` channels as a whole number of channels per part (at least one each)."""
+    return kept if parts == 1 else max(parts, kept // parts * parts)
 
 
 def _consumed_indices(group, names: dict[nn.Module, str]) -> list[tuple[str, list[int]]]:

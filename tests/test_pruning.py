@@ -167,3 +167,33 @@ class _NoGradBody(nn.Module):
 def test_a_model_torch_pruning_cannot_trace_is_named_not_silently_left_whole():
     with pytest.raises(PruningError, match=r"cannot trace layer\(s\) conv, conv2 of _NoGradBody"):
         output_layer_names(_NoGradBody().eval(), torch.randn(2, 1, 8, 8))
+
+
+class Grouped(nn.Module):
+    """conv -> grouped conv (4 groups of 4 channels, ResNeXt style) -> conv, with batch norms."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_grouped_convolutions_keep_the_planned_widths_in_whole_parts():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(Grouped()).eval()
+    example = torch.randn(8, 3, 16, 16)
+    # 8 of 16 is two channels of each of the 4 parts; 10 is not a whole number per part: 8 are kept
+    keep = {"conv1": 8, "conv2": 10, "conv3": 4}
+    result = prune(model, lambda m: l1_importance(), 0.5, example, round_to=4, keep=keep)
+    assert result.kept_unpruned == {}  # every group pruned, none rejected
+    assert (result.model.conv1.out_channels, result.model.conv2.out_channels) == (8, 8)
+    assert result.model.conv2.groups == 4 and result.model.conv3.out_channels == 4
+    assert result.model(example).shape == (8, 5)

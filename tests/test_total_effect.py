@@ -197,3 +197,30 @@ def test_read_by_batchnorm_names_the_layers_whose_output_a_batch_norm_reads():
     model = _Stream().eval()
     names = ["conv0", "conv1", "inner", "side", "conv3", "fc"]
     assert read_by_batchnorm(model, names, torch.randn(2, 3, 8, 8)) == {"conv0", "conv1", "inner", "conv3"}
+
+
+class ChannelsLast(nn.Module):
+    """conv -> a linear layer over the channels of a channels-last map (ConvNeXt's pointwise layers) -> fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.pointwise = nn.Linear(6, 8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.pointwise(x.permute(0, 2, 3, 1)))  # (images, height, width, channels)
+        return self.fc(x.mean((1, 2)))
+
+
+def test_a_linear_layer_reading_a_channels_last_map_reads_its_last_dimension():
+    torch.manual_seed(5)
+    model = ChannelsLast().eval()
+    images = torch.randn(12, 3, 4, 5)
+    scorer = TotalEffectScorer(max_images=12).fit(model, [(images, None)])
+    a1 = F.relu(model.conv1(images)).detach().requires_grad_(True)  # what the pointwise layer reads
+    logits = model.fc(F.relu(model.pointwise(a1.permute(0, 2, 3, 1))).mean((1, 2)))
+    F.log_softmax(logits, 1).gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    expected = (a1 * a1.grad).sum((2, 3)).pow(2).mean(0).sqrt().detach().numpy()  # per conv1 channel
+    np.testing.assert_allclose(scorer.importances_["conv1"], expected, rtol=1e-4, atol=1e-7)

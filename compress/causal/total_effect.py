@@ -165,6 +165,7 @@ class TotalEffectScorer:
         stopping = [False]  # True during the second backward: gradients stop at every batch norm's input
         # Without batch norms nothing is repaired: the second backward would repeat the first.
         stops = any(_is_batchnorm(m) for m in observed.modules())
+        linear = {name for name, c in graph.consumers.items() if isinstance(c.module, nn.Linear)}
 
         def hook_for(name: str):
             def hook(module, args):
@@ -174,7 +175,7 @@ class TotalEffectScorer:
                 # every consumer) becomes a leaf.
                 x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
                 captured[name] = x
-                rows = _rows(x.detach())
+                rows = _rows(x.detach(), name in linear)
                 sums[name] += rows.sum((0, 2)).double()
                 counts[name] += rows.shape[0] * rows.shape[2]
                 return (x, *args[1:])
@@ -208,11 +209,12 @@ class TotalEffectScorer:
                         unrepaired = {n: gradients[n] for n in seen}
                 for name, grad in gradients.items():
                     x = captured[name].detach()
-                    values, grads = _rows(x), _rows(_or_zeros(grad, x))
+                    last = name in linear
+                    values, grads = _rows(x, last), _rows(_or_zeros(grad, x), last)
                     products[name].append((values * grads).sum(2).double())
                     grads = grads.sum(2)
                     if name in unrepaired:
-                        grads = grads - _rows(_or_zeros(unrepaired[name], x)).sum(2)
+                        grads = grads - _rows(_or_zeros(unrepaired[name], x), last).sum(2)
                     repaired[name].append(grads.double())
         finally:
             for handle in handles:
@@ -268,10 +270,11 @@ def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def _rows(x: torch.Tensor, features_last: bool = False) -> torch.Tensor:
     """(images, features, positions): a conv's input channels over its pixels, or a linear layer's
-    input features over any leading token dimensions."""
-    if x.dim() == 4:
+    input features (`features_last`: its last dimension) over any other dimensions, tokens or the
+    pixels of a channels-last map (ConvNeXt)."""
+    if x.dim() == 4 and not features_last:
         return x.reshape(x.shape[0], x.shape[1], -1)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     return x.transpose(1, 2)
