@@ -231,7 +231,7 @@ def _parts(module: nn.Module) -> int:
 
 def group_parts(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]) -> dict[str, int]:
     """Group root -> the equal parts its channels come in, for the groups with more than one
-    (compress.pruning removes the same channels from every part, so a group keeps a whole number of
+    (torch-pruning removes the same channels from every part, so such a group keeps a whole number of
     channels per part). Empty, without tracing, for a model with no such layer."""
     if all(_parts(m) == 1 for m in model.modules()):
         return {}
