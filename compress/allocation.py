@@ -53,6 +53,18 @@ AUTO_NORMALISATION = {"causal": "sqrt-total", "causal-direct": "sqrt-mean"}
 DEFAULT_MAX_FRACTION = 0.9
 
 
+def settings_problem(allocation: str, group_normalisation: str, max_group_ratio: float) -> str | None:
+    """What is wrong with these allocation settings, each named as its option is (None: nothing); the
+    configuration and `compress.Pruner` raise it as their own error."""
+    if allocation not in ALLOCATIONS:
+        return f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}"
+    if group_normalisation not in NORMALISATIONS:
+        return f"group_normalisation must be one of {', '.join(NORMALISATIONS)}, got {group_normalisation!r}"
+    if not 0 < max_group_ratio < 1:
+        return f"max_group_ratio must be in (0, 1), got {max_group_ratio!r}"
+    return None
+
+
 def uniform_keep(channels: int, ratio: float, round_to: int | None) -> int:
     """Channels a group of `channels` keeps when it loses `ratio` of them: the floor of what is left,
     rounded as `rounded_width` does."""

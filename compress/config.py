@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 import onnx
 
-from .allocation import ALLOCATIONS, DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, NORMALISATIONS
+from .allocation import DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, settings_problem
 from .criteria import CRITERIA, DEFAULT_CRITERIA
 from .errors import ConfigError
 from .export import EXPORTERS
@@ -132,14 +132,9 @@ class RunConfig:
         check_positive_int("pool_grid", self.pool_grid)
         check_positive_int("effect_images", self.effect_images)
         check_positive_int("steps", self.steps)
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
-        if self.group_normalisation not in NORMALISATIONS:
-            raise ConfigError(
-                f"group_normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.group_normalisation!r}"
-            )
-        if not 0 < self.max_group_ratio < 1:
-            raise ConfigError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
+        problem = settings_problem(self.allocation, self.group_normalisation, self.max_group_ratio)
+        if problem:
+            raise ConfigError(problem)
         check_positive_int("intervention_images", self.intervention_images)
         check_positive_int("latency_batch", self.latency_batch)
         check_positive_int("latency_runs", self.latency_runs)

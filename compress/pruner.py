@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .agreement import Agreement
-from .allocation import ALLOCATIONS, DEFAULT_ALLOCATION, DEFAULT_MAX_FRACTION, DEFAULT_NORMALISATION, NORMALISATIONS
+from .allocation import DEFAULT_ALLOCATION, DEFAULT_MAX_FRACTION, DEFAULT_NORMALISATION, settings_problem
 from .causal.calibration import batch_images
 from .criteria import CRITERIA, make_scorer
 from .plans import PruningPlan, execute_plan
@@ -151,14 +151,9 @@ class Pruner:
                 raise ValueError(f"{name} must be in (0, 1), got {value!r}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
-        if self.group_normalisation not in NORMALISATIONS:
-            raise ValueError(
-                f"group_normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.group_normalisation!r}"
-            )
-        if not 0.0 < self.max_group_ratio < 1.0:
-            raise ValueError(f"max_group_ratio must be in (0, 1), got {self.max_group_ratio!r}")
+        problem = settings_problem(self.allocation, self.group_normalisation, self.max_group_ratio)
+        if problem:
+            raise ValueError(problem)
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
 
