@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
+from torch.utils.data import RandomSampler
 
 from .causal.calibration import batch_images
 
@@ -38,6 +39,11 @@ class Agreement:
 
     @torch.no_grad()
     def fit(self, reference: nn.Module) -> Agreement:
+        if isinstance(getattr(self.batches, "sampler", None), RandomSampler):  # a new order on every pass
+            raise ValueError(
+                "agreement compares predictions image by image, but the batches are shuffled on every pass: "
+                "give a DataLoader with shuffle=False, or a list of batches"
+            )
         reference.eval()
         predictions = [reference(batch_images(batch)).argmax(1) for batch in self.batches]
         if not predictions:

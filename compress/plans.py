@@ -38,7 +38,7 @@ from .allocation import (
 from .costs import MacsModel
 from .criteria import GroupScoreImportance
 from .errors import CompressWarning
-from .pruning import PruneResult, group_widths, prune
+from .pruning import PruneResult, group_parts, group_widths, prune, whole_parts
 
 # Fits the plan's criterion on a model and returns its scores: group root -> per-channel scores.
 ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
@@ -86,29 +86,40 @@ def plan_keep(
     costs: MacsModel | None = None,
     original_macs: float | None = None,
     normalise: str = "mean",
+    parts: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Kept widths by `allocation` after removing `fraction` (`uniform`: of each group's original
     channels; `global`: of the original model's MACs, `original_macs`, by the global ranking;
     `uniform-budget`: of the MACs too, every group cut by the same fraction), the current model's
-    channels ranked by `scores` and its MACs predicted by `costs`."""
+    channels ranked by `scores` and its MACs predicted by `costs`. `parts`: the groups whose channels
+    come in equal parts (compress.pruning.group_parts); pruning keeps whole parts, so the MACs budget is
+    spent on the widths pruning will give."""
     if allocation == "uniform":
         return {root: uniform_keep(original.get(root, len(s)), fraction, round_to) for root, s in scores.items()}
     if costs is None or original_macs is None:
         raise ValueError(f"{allocation} allocation needs the current model's costs and the original MACs")
+    parts = parts or {}
+
+    def as_pruned(keep: Mapping[str, int]) -> dict[str, int]:
+        return {root: whole_parts(k, parts.get(root, 1)) for root, k in keep.items()}
+
+    def macs(keep: Mapping[str, int]) -> float:
+        return costs.macs(as_pruned(keep))
+
     current = {root: len(s) for root, s in scores.items()}
     widths = {root: original.get(root, current[root]) for root in scores}  # before the first step
     budget = (1.0 - fraction) * original_macs
     if allocation == "uniform-budget":
-        return uniform_budget_keep(widths, current, costs.macs, budget, round_to=round_to)
+        return as_pruned(uniform_budget_keep(widths, current, macs, budget, round_to=round_to))
     # no group below its floor of the original width, whatever the step
     floor = {root: widths[root] - int(max_fraction * widths[root]) for root in scores}
     caps = {root: max(0.0, 1.0 - floor[root] / current[root]) for root in scores}
-    keep = budget_keep(scores, costs.macs, budget, round_to=round_to, max_fraction=1.0, normalise=normalise, caps=caps)
-    predicted = costs.macs(keep)
+    keep = budget_keep(scores, macs, budget, round_to=round_to, max_fraction=1.0, normalise=normalise, caps=caps)
+    predicted = macs(keep)
     if predicted > budget:
         reached = 1.0 - predicted / original_macs
-        unrounded = budget_keep(scores, costs.macs, budget, max_fraction=1.0, normalise=normalise, caps=caps)
-        if round_to and round_to > 1 and costs.macs(unrounded) <= budget:  # the cap alone would allow it
+        unrounded = budget_keep(scores, macs, budget, max_fraction=1.0, normalise=normalise, caps=caps)
+        if round_to and round_to > 1 and macs(unrounded) <= budget:  # the cap alone would allow it
             cause = f"channels are kept in multiples of {round_to} (--round-to), which cuts too coarsely"
         else:
             cause = f"no group may lose more than {max_fraction:g} of its channels (--max-group-ratio)"
@@ -117,7 +128,7 @@ def plan_keep(
             CompressWarning,
             stacklevel=3,
         )
-    return keep
+    return as_pruned(keep)
 
 
 def execute_plan(
@@ -155,10 +166,11 @@ def execute_plan(
                 f"{plan.criterion} gives no scores to group(s) {shown}: kept whole", CompressWarning, stacklevel=2
             )
         fraction = plan.amount * step / plan.steps
-        costs = None
+        costs, parts = None, None
         if plan.allocation != "uniform":
             costs = MacsModel(current, example_inputs, protected)
             original_macs = original_macs or costs.total_
+            parts = group_parts(current, example_inputs, protected)
         # candidate name -> how its widths are allocated; auto's in order of preference: a tie keeps
         # global, the better default where shortcuts are (BENCHMARKS.md)
         auto = plan.allocation == "auto"
@@ -175,6 +187,7 @@ def execute_plan(
                 costs=costs,
                 original_macs=original_macs,
                 normalise=resolve_normalisation(normalise, plan.criterion),
+                parts=parts,
             )
             pruned[name] = prune(
                 current,

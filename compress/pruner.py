@@ -44,7 +44,8 @@ class Pruner:
     `taylor` needs labels), prunes it by the plan, and re-estimates its batch norms on the same batches
     unless `recalibrate` is False. The batches are read several times (a generator is read once into a
     list) and must come in the same order each time: auto allocation compares predictions image by
-    image (a DataLoader without shuffling, or a list). Learned attributes:
+    image (a DataLoader without shuffling, or a list; a shuffling DataLoader is refused). Learned
+    attributes:
 
     - `model_`: the pruned model (the caller's model is not changed);
     - `scores_`: the criterion's scores on the original model, group root -> one score per channel;

@@ -182,7 +182,7 @@ def _prune_once(
         if root not in ignored
         for module in [work.get_submodule(root)]
         for width in [module.out_channels if isinstance(module, nn.Conv2d) else module.out_features]
-        for kept in [_whole_parts(kept, parts.get(root, 1))]
+        for kept in [whole_parts(kept, parts.get(root, 1))]
         if kept < width
     }
     with warnings.catch_warnings(), torch.enable_grad():
@@ -247,7 +247,7 @@ def group_parts(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequenc
     return parts
 
 
-def _whole_parts(kept: int, parts: int) -> int:
+def whole_parts(kept: int, parts: int) -> int:
     """`kept` channels as a whole number of channels per part (at least one each)."""
     return kept if parts == 1 else max(parts, kept // parts * parts)
 

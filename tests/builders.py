@@ -40,6 +40,23 @@ class FlattenHead(nn.Module):
         return self.fc(torch.flatten(F.relu(self.bn(self.conv(x))), 1))
 
 
+class Grouped(nn.Module):
+    """conv -> grouped conv (`groups` parts of the `c` channels, ResNeXt style) -> conv, with batch norms."""
+
+    def __init__(self, c: int = 16, groups: int = 4):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(c)
+        self.conv3, self.bn3 = nn.Conv2d(c, c // 2, 1, bias=False), nn.BatchNorm2d(c // 2)
+        self.fc = nn.Linear(c // 2, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 class Depthwise(nn.Module):
     """conv -> depthwise conv -> pointwise conv, MobileNet style."""
 

@@ -53,3 +53,12 @@ def test_agreement_refuses_what_it_cannot_measure(reference):
     agreement.batches = data[:1]  # a loader that does not give the same images again
     with pytest.raises(ValueError, match="the same images every time"):
         agreement.score(reference)
+
+
+def test_shuffled_batches_are_refused_since_images_are_compared_one_by_one(reference):
+    images = torch.utils.data.TensorDataset(torch.randn(16, 3, 2, 2), torch.zeros(16, dtype=torch.long))
+    shuffled = torch.utils.data.DataLoader(images, batch_size=4, shuffle=True)
+    with pytest.raises(ValueError, match="shuffled on every pass: give a DataLoader with shuffle=False"):
+        Agreement(shuffled).fit(reference)
+    in_order = torch.utils.data.DataLoader(images, batch_size=4)
+    assert Agreement(in_order).fit(reference).score(reference) == 1.0

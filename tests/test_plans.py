@@ -3,13 +3,21 @@
 import numpy as np
 import pytest
 import torch
-from builders import TwoConv, batches, randomise_batchnorm
+from builders import Grouped, TwoConv, batches, randomise_batchnorm
 
 from compress.allocation import uniform_keep
+from compress.costs import MacsModel
 from compress.criteria import importance_factory, make_scorer
 from compress.errors import CompressWarning
-from compress.plans import PruningPlan, execute_plan
-from compress.pruning import count_macs_params, group_widths, layer_widths, output_layer_names, prune
+from compress.plans import PruningPlan, execute_plan, plan_keep
+from compress.pruning import (
+    count_macs_params,
+    group_parts,
+    group_widths,
+    layer_widths,
+    output_layer_names,
+    prune,
+)
 from compress.zoo import DigitsCNN
 
 
@@ -200,3 +208,22 @@ def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_tar
         assert v["ratio"] == 0.5 and v["macs_ratio"] <= 0.5  # a share of MACs, whichever allocation was kept
     assert "auto allocation removed 0.5 of the MACs" in report["chosen"]["reason"]
     assert "## Allocation chosen (--allocation auto)" in (out / "report.md").read_text()
+
+
+def test_global_allocation_spends_its_budget_on_the_whole_parts_grouped_convolutions_keep():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(Grouped(c=64, groups=16)).eval()  # 4 channels per part: 16 at a time
+    x = torch.randn(8, 3, 16, 16)
+    protected = output_layer_names(model, x)
+    scores = make_scorer("l1").fit(model, [x], x).importances_
+    for allocation in ("global", "uniform-budget"):
+        keep = plan_keep(allocation, scores, 0.5, original=group_widths(model, x, protected), round_to=4,
+                         costs=MacsModel(model, x, protected), original_macs=count_macs_params(model, x)[0],
+                         parts=group_parts(model, x, protected))  # fmt: skip
+        pruned = prune(model, lambda m: importance_factory("l1")(m), 0.5, x, protected=protected, round_to=4, keep=keep)
+        widths = group_widths(pruned.model, x, protected)
+        assert widths == keep and widths["conv1"] % 16 == 0  # planned as pruning gives it: no silent rounding
+        macs = count_macs_params(pruned.model, x)[0] / count_macs_params(model, x)[0]
+        assert macs <= 0.5  # uniform's equal cut moves 16 channels of each group at once: at most the budget
+        if allocation == "global":
+            assert macs >= 0.45  # spent: before, it planned widths pruning then rounded down to whole parts

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from builders import Depthwise, OptionAResNet, batches, randomise_batchnorm
+from builders import Depthwise, Grouped, OptionAResNet, batches, randomise_batchnorm
 
 from compress import CausalScorer, prune
 from compress.benchmark import make_session
@@ -167,23 +167,6 @@ class _NoGradBody(nn.Module):
 def test_a_model_torch_pruning_cannot_trace_is_named_not_silently_left_whole():
     with pytest.raises(PruningError, match=r"cannot trace layer\(s\) conv, conv2 of _NoGradBody"):
         output_layer_names(_NoGradBody().eval(), torch.randn(2, 1, 8, 8))
-
-
-class Grouped(nn.Module):
-    """conv -> grouped conv (4 groups of 4 channels, ResNeXt style) -> conv, with batch norms."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16)
-        self.conv3, self.bn3 = nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        x = torch.relu(self.bn3(self.conv3(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 def test_grouped_convolutions_keep_the_planned_widths_in_whole_parts():
