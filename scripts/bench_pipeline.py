@@ -59,10 +59,12 @@ def accuracy_table(report: dict) -> list[str]:
 
 def _random_shapes(report: dict) -> str:
     """How the random rows' shapes relate to the others': uniform allocation gives every criterion the
-    same widths; global allocation gives each its own (random ranks channels at random across groups)."""
-    if report["config"].get("allocation", "uniform") == "uniform":
+    same widths; global allocation gives each its own (random ranks channels at random across groups), and
+    auto allocation each its choice of global's or uniform's widths."""
+    allocation = report["config"].get("allocation", "uniform")
+    if allocation == "uniform":
         return "Random variants share the causal ones' shapes; the first seed is shown."
-    return "Each criterion allocates its own widths (global allocation), random too; its first seed is shown."
+    return f"Each criterion allocates its own widths ({allocation} allocation), random too; its first seed is shown."
 
 
 def latency_table(report: dict) -> list[str]:

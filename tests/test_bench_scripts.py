@@ -120,7 +120,8 @@ def test_pipeline_latency_table_says_whose_widths_the_random_rows_have():
     uniform = bench.latency_table({**report, "config": {"allocation": "uniform"}})[0]
     global_ = bench.latency_table({**report, "config": {"allocation": "global"}})[0]
     assert "share the causal ones' shapes" in uniform
-    assert "its own widths" in global_ and "share the causal" not in global_
+    assert "its own widths (global allocation)" in global_ and "share the causal" not in global_
+    assert "its own widths (auto allocation)" in bench.latency_table({**report, "config": {"allocation": "auto"}})[0]
 
 
 def test_the_matched_tables_compare_causal_defaults_and_say_what_auto_allocation_kept():
