@@ -42,7 +42,7 @@ class MacsModel:
         self._layers = {
             names[m]: (*_split_bias(m, float(ops)), _in_out(m))
             for m, ops in per_layer.items()
-            if isinstance(m, _SCALED) and m in names
+            if isinstance(m, _SCALED) and m in names and ops is not None  # None: the counter saw it run no op
         }
         self._rest = self.total_ - sum(both + out for both, out, _ in self._layers.values())
         self.channels_: dict[str, int] = {}

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from builders import Depthwise, FlattenHead, TwoConv
 
 from compress.cifar_resnet import CifarResNet
@@ -38,3 +39,26 @@ def test_predicted_macs_match_the_pruned_models_and_never_undercount(build, shap
         measured = count_macs_params(pruned, x)[0]
         predicted = costs.macs(keep)
         assert measured <= predicted <= 1.03 * measured  # batch norms etc. held at their full cost
+
+
+class Attending(nn.Module):
+    """Tokens -> linear -> multi-head attention (counted by torch-pruning as one block, its inner
+    projections left without a count) -> classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(h.mean(1))
+
+
+def test_layers_counted_inside_a_block_are_held_at_the_blocks_cost():
+    model, x = Attending().eval(), torch.randn(4, 6, 8)
+    costs = MacsModel(model, x, ["head"])
+    assert costs.macs({}) == costs.total_ == count_macs_params(model, x)[0]
+    assert costs.macs({"embed": 8}) < costs.total_  # the embedding's own cost still follows its width
