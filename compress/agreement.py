@@ -11,6 +11,7 @@ measured (BENCHMARKS.md, auto allocation). `--allocation auto` uses it to choose
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn as nn
 from torch.utils.data import RandomSampler
 
 from .causal.calibration import batch_images
+from .recovery import recalibrate_batchnorm
 
 # Readies a pruned model before it is measured, in place (Agreement hands it a copy): the recovery
 # the shipped model gets.
@@ -66,3 +68,10 @@ class Agreement:
                 "pass a loader that yields the same images every time"
             )
         return float((predicted == self.predictions_).double().mean())
+
+
+def recalibrated_agreement(reference: nn.Module, batches: Iterable, recalibrate: bool = True) -> Agreement:
+    """Auto allocation's measure, fitted on `reference`: agreement on `batches` after the batch-norm
+    re-estimation on them that the shipped model gets (none when `recalibrate` is False)."""
+    recover = functools.partial(recalibrate_batchnorm, batches=batches) if recalibrate else None
+    return Agreement(batches, recover=recover).fit(reference)

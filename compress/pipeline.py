@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .agreement import Agreement
+from .agreement import recalibrated_agreement
 from .artifacts import OutputDir, check_output_dir, disk_errors, environment, scratch_directory
 from .benchmark import LatencySettings, make_session, onnx_hits, resolve_providers, run_batched, time_providers
 from .causal.scorer import CausalScorer
@@ -237,8 +237,7 @@ def _fidelity(config: RunConfig, inputs: _Inputs) -> FidelityFn | None:
     if config.allocation != "auto":
         return None
     calibration = inputs.splits.loader("calibration", config.batch_size)
-    recover = functools.partial(recalibrate_batchnorm, batches=calibration) if config.recalibrate else None
-    return Agreement(calibration, recover=recover).fit(inputs.model).score
+    return recalibrated_agreement(inputs.model, calibration, config.recalibrate).score
 
 
 def _search_targets(

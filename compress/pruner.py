@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .agreement import Agreement
+from .agreement import recalibrated_agreement
 from .allocation import DEFAULT_ALLOCATION, DEFAULT_MAX_FRACTION, DEFAULT_NORMALISATION, settings_problem
 from .causal.calibration import batch_images
 from .criteria import CRITERIA, make_scorer
@@ -103,7 +103,7 @@ class Pruner:
         self.amount_ = self._amount(model, example, protected)
         fidelity = None
         if self.allocation == "auto":  # measured after the recovery the pruned model gets, as in `compress run`
-            fidelity = Agreement(calibration, recover=recover if self.recalibrate else None).fit(model).score
+            fidelity = recalibrated_agreement(model, calibration, self.recalibrate).score
         plan = PruningPlan(
             self.criterion,
             self.amount_,

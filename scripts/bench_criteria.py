@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from benchmark_tables import interval95, machine, replace_section
 
-from compress.agreement import Agreement
+from compress.agreement import Agreement, recalibrated_agreement
 from compress.allocation import DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, resolve_normalisation
 from compress.criteria import CRITERIA, importance_factory, make_scorer
 from compress.data import load_data
@@ -351,8 +351,7 @@ class Subject:
     def agreement(self) -> Agreement:
         """Auto allocation's measure: agreement with the unpruned model on the calibration images, after
         re-estimation (a pass of the unpruned model, made only when an auto row needs it)."""
-        recover = functools.partial(recalibrate_batchnorm, batches=self.calibration)
-        return Agreement(self.calibration, recover=recover).fit(self.model)
+        return recalibrated_agreement(self.model, self.calibration)
 
     def fit(self, criterion: str, model: nn.Module, seed: int | None, args) -> dict[str, np.ndarray]:
         scorer = make_scorer(criterion, pool_grid=args.pool_grid, seed=seed or 0)
