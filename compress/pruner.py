@@ -14,7 +14,7 @@ multiples of 4), so that a model pruned from Python is the one the benchmarks me
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -160,9 +160,10 @@ class Pruner:
 
 
 def _reiterable(batches: Iterable) -> Iterable:
-    """`batches` as something that can be iterated more than once (a DataLoader already can; a generator
-    is read once into a list): scoring, agreement and re-estimation each pass over them."""
-    return batches if hasattr(batches, "__len__") and iter(batches) is not batches else list(batches)
+    """`batches` as something that can be iterated more than once (a DataLoader or a list already can;
+    an iterator, such as a generator, is read once into a list): scoring, agreement and re-estimation
+    each pass over them."""
+    return list(batches) if isinstance(batches, Iterator) else batches
 
 
 def _first_images(batches: Iterable, n: int) -> torch.Tensor:
