@@ -27,7 +27,7 @@ from .criteria import CRITERIA, make_scorer
 from .plans import PruningPlan, execute_plan
 from .pruning import count_macs_params, group_widths, output_layer_names
 from .recovery import recalibrate_batchnorm
-from .targets import search_macs_ratio
+from .targets import budget_amount, search_macs_ratio
 
 EXAMPLE_IMAGES = 16  # real inputs that trace the graph and validate every pruned group, as `compress run` takes
 
@@ -138,7 +138,7 @@ class Pruner:
         if self.ratio is not None:
             return self.ratio
         if self.allocation != "uniform":  # the amount is the share of MACs removed: no search
-            return round(1.0 - self.target_macs_ratio, 6)
+            return budget_amount(self.target_macs_ratio)
         # uniform shapes do not depend on the scores: the search prunes by magnitude, as `compress run`'s
         search = search_macs_ratio(model, example, self.target_macs_ratio, protected=protected, round_to=self.round_to)
         return search.ratio

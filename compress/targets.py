@@ -123,10 +123,16 @@ def search_macs_ratio(
     return TargetSearch("macs_ratio", target, ratio, value, reached, steps)
 
 
+def budget_amount(target: float) -> float:
+    """The amount that keeps `target` of the MACs under global or auto allocation, whose amount is the
+    share of the MACs removed: 1 - target, by construction."""
+    return round(1.0 - target, 6)
+
+
 def global_macs_target(model: nn.Module, example: torch.Tensor, target: float, shape: Shape) -> TargetSearch:
-    """The amount that keeps `target` of the MACs under global allocation (1 - target, by construction),
-    with the MACs measured on the criterion's pruned model (`shape`)."""
-    amount = round(1.0 - target, 6)
+    """The amount that keeps `target` of the MACs under global allocation (`budget_amount`), with the
+    MACs measured on the criterion's pruned model (`shape`)."""
+    amount = budget_amount(target)
     value = count_macs_params(shape(amount), example)[0] / count_macs_params(model, example)[0]
     log.info("target MACs ratio %.3f: global allocation at amount %.3f gives %.3f", target, amount, value)
     reached = value <= target + 1e-9
