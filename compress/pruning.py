@@ -135,6 +135,7 @@ def prune(
     if keep is None:  # the same fraction of every group, never emptying one (compress.allocation)
         widths = group_widths(reference, example_inputs, protected)
         keep = {root: uniform_keep(width, ratio, round_to) for root, width in widths.items()}
+    parts = group_parts(reference, example_inputs, protected)  # traced once, not per attempt below
     with torch.no_grad():
         expected_shape = tuple(reference(example_inputs).shape)
     kept: dict[str, str] = {}
@@ -144,7 +145,7 @@ def prune(
     while True:
         try:
             pruned, history = _prune_once(
-                reference, importance, example_inputs, list(protected) + list(kept), check_each, keep
+                reference, importance, example_inputs, list(protected) + list(kept), check_each, keep, parts
             )
         except _GroupRejected as rejected:
             if rejected.root is None:
@@ -171,10 +172,10 @@ def _prune_once(
     ignored: list[str],
     check_each: bool,
     keep: Mapping[str, int],
+    parts: Mapping[str, int],
 ) -> tuple[nn.Module, list[list]]:
     work = copy.deepcopy(reference)
     names = {m: n for n, m in work.named_modules()}
-    parts = group_parts(reference, example_inputs, ignored)
     # torch-pruning's per-layer ratios, each group its own ranking scope
     per_group = {
         module: 1.0 - (kept + 0.5) / width  # + 0.5: torch-pruning floors width * (1 - ratio)
