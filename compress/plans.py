@@ -38,7 +38,7 @@ from .allocation import (
 from .costs import MacsModel
 from .criteria import GroupScoreImportance
 from .errors import CompressWarning
-from .pruning import PruneResult, group_parts, group_widths, prune, whole_parts
+from .pruning import PruneResult, group_layouts, group_widths, prune, whole_units
 
 # Fits the plan's criterion on a model and returns its scores: group root -> per-channel scores.
 ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
@@ -86,22 +86,23 @@ def plan_keep(
     costs: MacsModel | None = None,
     original_macs: float | None = None,
     normalise: str = "mean",
-    parts: Mapping[str, int] | None = None,
+    units: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Kept widths by `allocation` after removing `fraction` (`uniform`: of each group's original
     channels; `global`: of the original model's MACs, `original_macs`, by the global ranking;
     `uniform-budget`: of the MACs too, every group cut by the same fraction), the current model's
-    channels ranked by `scores` and its MACs predicted by `costs`. `parts`: the groups whose channels
-    come in equal parts (compress.pruning.group_parts); pruning keeps whole parts, so the MACs budget is
-    spent on the widths pruning will give."""
+    channels ranked by `scores` and its MACs predicted by `costs`. `units`: the groups whose kept width
+    pruning rounds down to a multiple (compress.pruning.GroupLayout.unit: whole parts of a grouped
+    convolution, whole sets of coupled channels), so the MACs budget is spent on the widths pruning will
+    give."""
     if allocation == "uniform":
         return {root: uniform_keep(original.get(root, len(s)), fraction, round_to) for root, s in scores.items()}
     if costs is None or original_macs is None:
         raise ValueError(f"{allocation} allocation needs the current model's costs and the original MACs")
-    parts = parts or {}
+    units = units or {}
 
     def as_pruned(keep: Mapping[str, int]) -> dict[str, int]:
-        return {root: whole_parts(k, parts.get(root, 1)) for root, k in keep.items()}
+        return {root: whole_units(k, units.get(root, 1)) for root, k in keep.items()}
 
     def macs(keep: Mapping[str, int]) -> float:
         return costs.macs(as_pruned(keep))
@@ -166,11 +167,17 @@ def execute_plan(
                 f"{plan.criterion} gives no scores to group(s) {shown}: kept whole", CompressWarning, stacklevel=2
             )
         fraction = plan.amount * step / plan.steps
-        costs, parts = None, None
+        layouts = group_layouts(current, example_inputs, protected)
+        # a set of channels pruning removes together is ranked at its mean (compress.pruning.GroupLayout)
+        step_scores = {
+            root: layouts[root].tie(s) if root in layouts and len(s) == layouts[root].width else s
+            for root, s in step_scores.items()
+        }
+        costs, units = None, None
         if plan.allocation != "uniform":
             costs = MacsModel(current, example_inputs, protected)
             original_macs = original_macs or costs.total_
-            parts = group_parts(current, example_inputs, protected)
+            units = {root: layout.unit for root, layout in layouts.items() if layout.unit > 1}
         # candidate name -> how its widths are allocated; auto's in order of preference: a tie keeps
         # global, the better default where shortcuts are (BENCHMARKS.md)
         auto = plan.allocation == "auto"
@@ -187,7 +194,7 @@ def execute_plan(
                 costs=costs,
                 original_macs=original_macs,
                 normalise=resolve_normalisation(normalise, plan.criterion),
-                parts=parts,
+                units=units,
             )
             pruned[name] = prune(
                 current,

@@ -11,11 +11,13 @@ handed out.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -27,6 +29,7 @@ from .causal.graph import (
     find_output_layers,
     forward_with_hooks,
     group_root,
+    is_producer,
     prunable_groups,
 )
 from .errors import CompressWarning, PruningError
@@ -121,7 +124,8 @@ def prune(
     (rounding down; None or 1: exact ratio). `keep`, when given, replaces the ratio: the channels each
     group keeps, by group root (compress.allocation); groups it does not name stay whole. A group whose
     channels come in equal parts (a grouped convolution's, a group norm's) loses the same channels from
-    every part, so its kept count is rounded down to a whole number per part (`group_parts`).
+    every part, and one whose channels are removed in sets (GhostNet's) loses whole sets, so its kept
+    count is rounded down to a whole multiple of its `GroupLayout.unit`.
     `example_inputs` are real inputs: they trace the graph and validate every pruned group. The
     caller's model is not changed.
     """
@@ -132,10 +136,9 @@ def prune(
     reference = copy.deepcopy(model).eval()
     if protected is None:
         protected = output_layer_names(reference, example_inputs)
+    layouts = group_layouts(reference, example_inputs, protected)  # traced once, not per attempt below
     if keep is None:  # the same fraction of every group, never emptying one (compress.allocation)
-        widths = group_widths(reference, example_inputs, protected)
-        keep = {root: uniform_keep(width, ratio, round_to) for root, width in widths.items()}
-    parts = group_parts(reference, example_inputs, protected)  # traced once, not per attempt below
+        keep = {root: uniform_keep(layout.width, ratio, round_to) for root, layout in layouts.items()}
     with torch.no_grad():
         expected_shape = tuple(reference(example_inputs).shape)
     kept: dict[str, str] = {}
@@ -145,7 +148,7 @@ def prune(
     while True:
         try:
             pruned, history = _prune_once(
-                reference, importance, example_inputs, list(protected) + list(kept), check_each, keep, parts
+                reference, importance, example_inputs, list(protected) + list(kept), check_each, keep, layouts
             )
         except _GroupRejected as rejected:
             if rejected.root is None:
@@ -172,20 +175,21 @@ def _prune_once(
     ignored: list[str],
     check_each: bool,
     keep: Mapping[str, int],
-    parts: Mapping[str, int],
+    layouts: Mapping[str, GroupLayout],
 ) -> tuple[nn.Module, list[list]]:
     work = copy.deepcopy(reference)
     names = {m: n for n, m in work.named_modules()}
-    # torch-pruning's per-layer ratios, each group its own ranking scope
+    # torch-pruning's per-layer ratios, each group its own ranking scope; a ratio of the group's width as
+    # torch-pruning counts it, which is not always its root layer's (GroupLayout)
     per_group = {
-        module: 1.0 - (kept + 0.5) / width  # + 0.5: torch-pruning floors width * (1 - ratio)
+        work.get_submodule(root): 1.0 - (kept + 0.5) / width  # + 0.5: torch-pruning floors width * (1 - ratio)
         for root, kept in keep.items()
-        if root not in ignored
-        for module in [work.get_submodule(root)]
-        for width in [module.out_channels if isinstance(module, nn.Conv2d) else module.out_features]
-        for kept in [whole_parts(kept, parts.get(root, 1))]
+        if root not in ignored and root in layouts
+        for width in [layouts[root].width]
+        for kept in [whole_units(kept, layouts[root].unit)]
         if kept < width
     }
+    coupled = {root: layout for root, layout in layouts.items() if layout.coupled is not None}
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # torch-pruning warns about every unknown op it meets
         try:
@@ -194,7 +198,7 @@ def _prune_once(
             pruner = tp.pruner.BasePruner(
                 work,
                 example_inputs,
-                importance=importance(work),
+                importance=_TiedImportance(importance(work), coupled, names) if coupled else importance(work),
                 pruning_ratio=0.0,  # every pruned group has its own ratio
                 pruning_ratio_dict=per_group,
                 ignored_layers=[work.get_submodule(n) for n in ignored],
@@ -222,6 +226,23 @@ def _prune_once(
     return work.eval(), history
 
 
+class _TiedImportance(tp.importance.Importance):
+    """`inner`'s scores with each coupled set of channels given its mean (GroupLayout.tie), so that
+    torch-pruning's ranking takes whole sets and removes the count it was asked for."""
+
+    def __init__(self, inner: tp.importance.Importance, coupled: Mapping[str, GroupLayout], names):
+        self.inner, self.coupled, self.names = inner, coupled, names
+        self.order = {m: i for i, m in enumerate(names)}
+
+    def __call__(self, group):
+        scores = self.inner(group)
+        layout = self.coupled.get(group_root(group, self.names, self.order))
+        if scores is None or layout is None or len(scores) != layout.width:
+            return scores
+        tied = layout.tie(scores.detach().cpu().double().numpy())
+        return torch.as_tensor(tied, dtype=scores.dtype, device=scores.device)
+
+
 def _parts(module: nn.Module) -> int:
     """Into how many equal parts torch-pruning splits a layer's channels: a grouped convolution's groups
     (not a depthwise one's: its channels pass one to one), a group norm's."""
@@ -230,27 +251,77 @@ def _parts(module: nn.Module) -> int:
     return module.num_groups if isinstance(module, nn.GroupNorm) else 1
 
 
-def group_parts(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]) -> dict[str, int]:
-    """Group root -> the equal parts its channels come in, for the groups with more than one
-    (torch-pruning removes the same channels from every part, so such a group keeps a whole number of
-    channels per part). Empty, without tracing, for a model with no such layer."""
-    if all(_parts(m) == 1 for m in model.modules()):
-        return {}
+@dataclass(frozen=True)
+class GroupLayout:
+    """How torch-pruning removes one pruning group's channels.
+
+    `width`: its channels as torch-pruning counts them. `parts`: equal parts they come in (a grouped
+    convolution's, a group norm's), each losing the same channels. `coupled`: for a group whose channels
+    are removed in sets, each channel's set label. GhostNet's modules concatenate a convolution's output
+    with a depthwise copy of it, so where such a concatenation joins a residual stream, removing the
+    stream's channel j removes the convolution's channel j and, with its copy, another stream channel.
+    """
+
+    width: int
+    parts: int = 1
+    coupled: np.ndarray | None = None
+
+    @property
+    def unit(self) -> int:
+        """Kept widths are whole multiples of this (sets of unequal sizes cannot be cut alike: then the
+        whole width, so the group is kept whole)."""
+        if self.coupled is None:
+            return self.parts
+        sizes = set(np.bincount(self.coupled)[np.unique(self.coupled)].tolist())
+        return math.lcm(self.parts, sizes.pop()) if len(sizes) == 1 else self.width
+
+    def tie(self, scores: np.ndarray) -> np.ndarray:
+        """`scores` with every channel given its set's mean: what pruning one of them removes."""
+        if self.coupled is None:
+            return scores
+        means = np.bincount(self.coupled, weights=scores) / np.bincount(self.coupled)
+        return means[self.coupled]
+
+
+def group_layouts(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]) -> dict[str, GroupLayout]:
+    """Every prunable group's GroupLayout, by group root (the layers in `ignored` excluded)."""
     observed = copy.deepcopy(model).eval()
     graph = build_dependency_graph(observed, example_inputs)
     names = {m: n for n, m in observed.named_modules()}
     order = {m: i for i, m in enumerate(names)}
-    parts = {}
+    layouts = {}
     for group in prunable_groups(graph, list(ignored)):
-        count = max(_parts(item.dep.target.module) for item in group)
-        if count > 1:
-            parts[group_root(group, names, order)] = count
-    return parts
+        width = len(group[0].idxs)
+        parts = max(_parts(item.dep.target.module) for item in group)
+        layouts[group_root(group, names, order)] = GroupLayout(width, parts, _coupled(graph, group, width))
+    return layouts
 
 
-def whole_parts(kept: int, parts: int) -> int:
-    """`kept` channels as a whole number of channels per part (at least one each)."""
-    return kept if parts == 1 else max(parts, kept // parts * parts)
+def _coupled(graph: tp.DependencyGraph, group, width: int) -> np.ndarray | None:
+    """Set labels of a group whose channels torch-pruning removes in sets, else None. Only a group with
+    a producing layer narrower than the group can be one, so only those are asked channel by channel."""
+    if all(len(set(item.idxs)) >= width for item in group if is_producer(item)):
+        return None
+    root, handler = group[0].dep.target.module, group[0].dep.handler
+    labels = np.arange(width)
+    for channel in range(width):
+        removed = [int(i) for i in graph.get_pruning_group(root, handler, [channel])[0].idxs]
+        labels[removed] = labels[removed].min()  # sets are closed: one pass labels each by its first channel
+    if (labels == np.arange(width)).all():
+        return None
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def group_units(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]) -> dict[str, int]:
+    """Group root -> the multiple its kept width must be, for the groups where that is more than one."""
+    return {
+        root: layout.unit for root, layout in group_layouts(model, example_inputs, ignored).items() if layout.unit > 1
+    }
+
+
+def whole_units(kept: int, unit: int) -> int:
+    """`kept` channels rounded down to a whole multiple of `unit` (at least one)."""
+    return kept if unit == 1 else max(unit, kept // unit * unit)
 
 
 def _consumed_indices(group, names: dict[nn.Module, str]) -> list[tuple[str, list[int]]]:
@@ -317,11 +388,7 @@ def _check_equivalent(work: nn.Module, masked: _MaskedReference, inputs: torch.T
 
 def group_widths(model: nn.Module, example_inputs: torch.Tensor, protected: Sequence[str]) -> dict[str, int]:
     """Channels of every prunable group of `model`, by group root (the layers in `protected` excluded)."""
-    observed = copy.deepcopy(model).eval()
-    graph = build_dependency_graph(observed, example_inputs)
-    names = {m: n for n, m in observed.named_modules()}
-    order = {m: i for i, m in enumerate(names)}
-    return {group_root(g, names, order): len(g[0].idxs) for g in prunable_groups(graph, list(protected))}
+    return {root: layout.width for root, layout in group_layouts(model, example_inputs, protected).items()}
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:

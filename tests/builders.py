@@ -77,6 +77,50 @@ class Depthwise(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class _GhostModule(nn.Module):
+    """GhostNet's module: half the output from a 1x1 conv, the other half a depthwise copy of that half."""
+
+    def __init__(self, cin: int, cout: int, relu: bool = True):
+        super().__init__()
+        half = cout // 2
+        self.primary, self.primary_bn = nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half)
+        self.cheap = nn.Conv2d(half, half, 3, padding=1, groups=half, bias=False)
+        self.cheap_bn = nn.BatchNorm2d(half)
+        self.relu = relu
+
+    def forward(self, x):
+        a = self.primary_bn(self.primary(x))
+        a = F.relu(a) if self.relu else a
+        b = self.cheap_bn(self.cheap(a))
+        return torch.cat([a, F.relu(b) if self.relu else b], 1)
+
+
+class GhostStyle(nn.Module):
+    """Residual blocks of ghost modules, GhostNet style. The second block's shortcut reads the first
+    stream with a depthwise conv, so torch-pruning counts that stream's 2c channels, which are removed in
+    pairs: channel j (the first block's primary channel j) and j + c (its depthwise copy)."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.expand1, self.project1 = _GhostModule(c, 2 * c), _GhostModule(2 * c, 2 * c, relu=False)
+        self.shortcut1 = nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c))
+        self.expand2, self.project2 = _GhostModule(2 * c, 4 * c), _GhostModule(4 * c, 4 * c, relu=False)
+        self.shortcut2 = nn.Sequential(
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c, bias=False),
+            nn.BatchNorm2d(2 * c),
+            nn.Conv2d(2 * c, 4 * c, 1, bias=False),
+            nn.BatchNorm2d(4 * c),
+        )
+        self.fc = nn.Linear(4 * c, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = self.project1(self.expand1(x)) + self.shortcut1(x)
+        x = self.project2(self.expand2(x)) + self.shortcut2(x)
+        return self.fc(x.mean((2, 3)))
+
+
 class _Lambda(nn.Module):
     def __init__(self, fn):
         super().__init__()

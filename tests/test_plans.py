@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from builders import Grouped, TwoConv, batches, randomise_batchnorm
+from builders import GhostStyle, Grouped, TwoConv, batches, randomise_batchnorm
 
 from compress.allocation import uniform_keep
 from compress.costs import MacsModel
@@ -12,7 +12,7 @@ from compress.errors import CompressWarning
 from compress.plans import PruningPlan, execute_plan, plan_keep
 from compress.pruning import (
     count_macs_params,
-    group_parts,
+    group_units,
     group_widths,
     layer_widths,
     output_layer_names,
@@ -210,7 +210,7 @@ def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_tar
     assert "## Allocation chosen (--allocation auto)" in (out / "report.md").read_text()
 
 
-def test_global_allocation_spends_its_budget_on_the_whole_parts_grouped_convolutions_keep():
+def test_global_allocation_spends_its_budget_on_the_whole_units_grouped_convolutions_keep():
     torch.manual_seed(0)
     model = randomise_batchnorm(Grouped(c=64, groups=16)).eval()  # 4 channels per part: 16 at a time
     x = torch.randn(8, 3, 16, 16)
@@ -219,7 +219,7 @@ def test_global_allocation_spends_its_budget_on_the_whole_parts_grouped_convolut
     for allocation in ("global", "uniform-budget"):
         keep = plan_keep(allocation, scores, 0.5, original=group_widths(model, x, protected), round_to=4,
                          costs=MacsModel(model, x, protected), original_macs=count_macs_params(model, x)[0],
-                         parts=group_parts(model, x, protected))  # fmt: skip
+                         units=group_units(model, x, protected))  # fmt: skip
         pruned = prune(model, lambda m: importance_factory("l1")(m), 0.5, x, protected=protected, round_to=4, keep=keep)
         widths = group_widths(pruned.model, x, protected)
         assert widths == keep and widths["conv1"] % 16 == 0  # planned as pruning gives it: no silent rounding
@@ -227,3 +227,20 @@ def test_global_allocation_spends_its_budget_on_the_whole_parts_grouped_convolut
         assert macs <= 0.5  # uniform's equal cut moves 16 channels of each group at once: at most the budget
         if allocation == "global":
             assert macs >= 0.45  # spent: before, it planned widths pruning then rounded down to whole parts
+
+
+def test_global_allocation_plans_coupled_channels_as_pruning_removes_them():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(GhostStyle(c=16)).eval()
+    x = torch.randn(8, 3, 16, 16)
+    protected = output_layer_names(model, x)
+    plan = PruningPlan("l1", 0.5, "global", 1, None)
+    score = lambda m: make_scorer("l1").fit(m, [x], x).importances_  # noqa: E731
+    result = execute_plan(model, plan, score, x, protected=protected, round_to=4)
+    assert result.kept_unpruned == {}
+    widths = group_widths(result.model, x, protected)
+    assert widths["project1.primary"] % 2 == 0 and widths["project2.primary"] % 2 == 0  # whole pairs
+    costs = MacsModel(model, x, protected)
+    macs = count_macs_params(result.model, x)[0]
+    assert costs.macs(widths) == pytest.approx(macs)  # the plan's prediction is what pruning gave
+    assert 0.45 <= macs / costs.total_ <= 0.5  # the budget spent (before: streams whole, 0.55 or more)

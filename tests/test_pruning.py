@@ -1,15 +1,23 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from builders import Depthwise, Grouped, OptionAResNet, batches, randomise_batchnorm
+from builders import Depthwise, GhostStyle, Grouped, OptionAResNet, batches, randomise_batchnorm
 
 from compress import CausalScorer, prune
 from compress.benchmark import make_session
 from compress.criteria import SeededRandomImportance, importance_factory, l1_importance
 from compress.errors import CompressWarning, PruningError
 from compress.export import check_parity, export_onnx
-from compress.pruning import count_macs_params, layer_widths, output_layer_names
+from compress.pruning import (
+    GroupLayout,
+    count_macs_params,
+    group_layouts,
+    group_widths,
+    layer_widths,
+    output_layer_names,
+)
 from compress.serialization import load_pruned, save_pruned
 from compress.zoo import DigitsCNN
 
@@ -169,7 +177,7 @@ def test_a_model_torch_pruning_cannot_trace_is_named_not_silently_left_whole():
         output_layer_names(_NoGradBody().eval(), torch.randn(2, 1, 8, 8))
 
 
-def test_grouped_convolutions_keep_the_planned_widths_in_whole_parts():
+def test_grouped_convolutions_keep_the_planned_widths_in_whole_units():
     torch.manual_seed(0)
     model = randomise_batchnorm(Grouped()).eval()
     example = torch.randn(8, 3, 16, 16)
@@ -180,3 +188,32 @@ def test_grouped_convolutions_keep_the_planned_widths_in_whole_parts():
     assert (result.model.conv1.out_channels, result.model.conv2.out_channels) == (8, 8)
     assert result.model.conv2.groups == 4 and result.model.conv3.out_channels == 4
     assert result.model(example).shape == (8, 5)
+
+
+def test_ghost_modules_coupled_channels_are_pruned_in_whole_sets_at_the_planned_width():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(GhostStyle(c=16)).eval()
+    example = torch.randn(8, 3, 16, 16)
+    layouts = group_layouts(model, example, ["fc"])
+    # the first stream is counted in its 32 channels, removed in pairs: (j, j + 16)
+    assert (layouts["project1.primary"].width, layouts["project1.primary"].unit) == (32, 2)
+    np.testing.assert_array_equal(layouts["project1.primary"].coupled, np.tile(np.arange(16), 2))
+    result = prune(model, lambda m: l1_importance(), 0.5, example, round_to=2)
+    assert result.kept_unpruned == {}
+    # every group halved; before, the first stream was silently left whole (its 16 kept of 32 read as
+    # "all" of its 16-channel root layer)
+    widths = {n: m.out_channels for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert widths["project1.primary"] == widths["project1.cheap"] == 8 and widths["shortcut1.0"] == 16
+    assert widths["shortcut2.2"] == 32 and widths["stem"] == 8
+    assert group_widths(result.model, example, ["fc"]) == {root: layout.width // 2 for root, layout in layouts.items()}
+
+
+def test_a_coupled_set_is_ranked_at_its_mean():
+    layout = GroupLayout(width=4, coupled=np.array([0, 1, 0, 1]))
+    np.testing.assert_allclose(layout.tie(np.array([1.0, 4.0, 3.0, 0.0])), [2.0, 2.0, 2.0, 2.0])
+    np.testing.assert_allclose(
+        GroupLayout(4, coupled=np.array([0, 1, 0, 2])).tie(np.array([1.0, 4, 3, 0])), [2, 4, 2, 0]
+    )
+    assert GroupLayout(4, coupled=np.array([0, 1, 0, 1])).unit == 2
+    assert GroupLayout(4, coupled=np.array([0, 1, 0, 2])).unit == 4  # sets of unequal size: kept whole
+    assert GroupLayout(8, parts=4, coupled=np.tile(np.arange(4), 2)).unit == 4
