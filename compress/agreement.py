@@ -47,11 +47,19 @@ class Agreement:
                 "give a DataLoader with shuffle=False, or a list of batches"
             )
         reference.eval()
-        predictions = [reference(batch_images(batch)).argmax(1) for batch in self.batches]
-        if not predictions:
+        self.predictions_, self.fingerprints_ = self._predict(reference)
+        if not len(self.predictions_):
             raise ValueError("agreement needs at least one image; the batches are empty")
-        self.predictions_ = torch.cat(predictions)
         return self
+
+    def _predict(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """`model`'s predicted class for every image, and every image's sum (to tell the same images)."""
+        predictions, fingerprints = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.float64)]
+        for batch in self.batches:
+            images = batch_images(batch)
+            predictions.append(model(images).argmax(1).cpu())
+            fingerprints.append(images.detach().flatten(1).double().sum(1).cpu())
+        return torch.cat(predictions), torch.cat(fingerprints)
 
     @torch.no_grad()
     def score(self, model: nn.Module) -> float:
@@ -61,11 +69,17 @@ class Agreement:
             model = copy.deepcopy(model)
             self.recover(model)
         model.eval()
-        predicted = torch.cat([model(batch_images(batch)).argmax(1) for batch in self.batches])
+        predicted, fingerprints = self._predict(model)
         if predicted.shape != self.predictions_.shape:
             raise ValueError(
                 f"the batches gave {len(predicted)} images, the reference saw {len(self.predictions_)}: "
                 "pass a loader that yields the same images every time"
+            )
+        if not torch.allclose(fingerprints, self.fingerprints_, rtol=1e-6, atol=1e-6):  # a custom sampler's
+            # shuffle, a random augmentation: the images differ from the reference's, so would the answers
+            raise ValueError(
+                "the batches gave other images than the reference saw (shuffled, or randomly augmented): "
+                "pass a loader that yields the same images every time, without random transforms"
             )
         return float((predicted == self.predictions_).double().mean())
 

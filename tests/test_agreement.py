@@ -62,3 +62,43 @@ def test_shuffled_batches_are_refused_since_images_are_compared_one_by_one(refer
         Agreement(shuffled).fit(reference)
     in_order = torch.utils.data.DataLoader(images, batch_size=4)
     assert Agreement(in_order).fit(reference).score(reference) == 1.0
+
+
+class _Jittered(torch.utils.data.Dataset):
+    """Images with random noise added on every read: a random augmentation."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i] + 0.1 * torch.randn_like(self.images[i]), 0
+
+
+class _Reshuffling(torch.utils.data.Sampler):
+    """A new order on every pass, as a custom or distributed sampler may give."""
+
+    def __init__(self, n: int):
+        self.n, self.generator = n, torch.Generator().manual_seed(0)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
+def test_batches_that_change_between_passes_are_refused_whatever_changes_them(reference):
+    images = torch.randn(16, 3, 2, 2)
+    jittered = torch.utils.data.DataLoader(_Jittered(images), batch_size=4)  # in order, but augmented
+    agreement = Agreement(jittered).fit(reference)
+    with pytest.raises(ValueError, match="other images than the reference saw"):
+        agreement.score(reference)
+    reshuffled = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.zeros(16)), batch_size=4, sampler=_Reshuffling(16)
+    )  # a sampler of the user's own, not a RandomSampler
+    agreement = Agreement(reshuffled).fit(reference)
+    with pytest.raises(ValueError, match="other images than the reference saw"):
+        agreement.score(reference)
