@@ -38,7 +38,7 @@ from .allocation import (
 from .costs import MacsModel
 from .criteria import GroupScoreImportance
 from .errors import CompressWarning
-from .pruning import PruneResult, group_layouts, group_widths, prune, whole_units
+from .pruning import PruneResult, group_layouts, prune, whole_units
 
 # Fits the plan's criterion on a model and returns its scores: group root -> per-channel scores.
 ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
@@ -155,11 +155,12 @@ def execute_plan(
     if plan.allocation == "auto" and fidelity is None:
         raise ValueError("auto allocation needs a fidelity measure to choose between its candidates")
     start = time.perf_counter()
-    original = group_widths(model, example_inputs, protected)
-    original_macs = None
+    original, original_macs = None, None
     current, history, kept_unpruned, choices = model, [], {}, []
     for step in range(1, plan.steps + 1):
         step_scores = scores if step == 1 and scores is not None else score(current)
+        layouts = group_layouts(current, example_inputs, protected)
+        original = original or {root: layout.width for root, layout in layouts.items()}
         unscored = sorted(set(original) - set(step_scores))
         if step == 1 and unscored:  # e.g. bn-scale on layers without batch norm
             shown = ", ".join(unscored[:3]) + (f" and {len(unscored) - 3} more" if len(unscored) > 3 else "")
@@ -167,7 +168,6 @@ def execute_plan(
                 f"{plan.criterion} gives no scores to group(s) {shown}: kept whole", CompressWarning, stacklevel=2
             )
         fraction = plan.amount * step / plan.steps
-        layouts = group_layouts(current, example_inputs, protected)
         # a set of channels pruning removes together is ranked at its mean (compress.pruning.GroupLayout)
         step_scores = {
             root: layouts[root].tie(s) if root in layouts and len(s) == layouts[root].width else s
@@ -204,6 +204,7 @@ def execute_plan(
                 protected=protected,
                 round_to=round_to,
                 keep=keep,
+                layouts=layouts,
             )
         chosen = next(iter(candidates))
         if len(candidates) > 1:

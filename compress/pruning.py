@@ -115,6 +115,7 @@ def prune(
     protected: Sequence[str] | None = None,
     round_to: int | None = None,
     keep: Mapping[str, int] | None = None,
+    layouts: Mapping[str, GroupLayout] | None = None,
 ) -> PruneResult:
     """Remove `ratio` of the channels of every prunable group of a copy of `model`.
 
@@ -125,7 +126,8 @@ def prune(
     group keeps, by group root (compress.allocation); groups it does not name stay whole. A group whose
     channels come in equal parts (a grouped convolution's, a group norm's) loses the same channels from
     every part, and one whose channels are removed in sets (GhostNet's) loses whole sets, so its kept
-    count is rounded down to a whole multiple of its `GroupLayout.unit`.
+    count is rounded down to a whole multiple of its `GroupLayout.unit`; `layouts`, when the caller has
+    them already (`group_layouts` of `model`, with `protected`), spare tracing them again.
     `example_inputs` are real inputs: they trace the graph and validate every pruned group. The
     caller's model is not changed.
     """
@@ -136,7 +138,8 @@ def prune(
     reference = copy.deepcopy(model).eval()
     if protected is None:
         protected = output_layer_names(reference, example_inputs)
-    layouts = group_layouts(reference, example_inputs, protected)  # traced once, not per attempt below
+    if layouts is None:  # traced once, not per attempt below
+        layouts = group_layouts(reference, example_inputs, protected)
     if keep is None:  # the same fraction of every group, never emptying one (compress.allocation)
         keep = {root: uniform_keep(layout.width, ratio, round_to) for root, layout in layouts.items()}
     with torch.no_grad():
@@ -303,10 +306,10 @@ def _coupled(graph: tp.DependencyGraph, group, width: int) -> np.ndarray | None:
     if all(len(set(item.idxs)) >= width for item in group if is_producer(item)):
         return None
     root, handler = group[0].dep.target.module, group[0].dep.handler
-    labels = np.arange(width)
+    labels = np.full(width, -1)
     for channel in range(width):
-        removed = [int(i) for i in graph.get_pruning_group(root, handler, [channel])[0].idxs]
-        labels[removed] = labels[removed].min()  # sets are closed: one pass labels each by its first channel
+        if labels[channel] < 0:  # sets are closed: a channel already in one is not asked again
+            labels[[int(i) for i in graph.get_pruning_group(root, handler, [channel])[0].idxs]] = channel
     if (labels == np.arange(width)).all():
         return None
     return np.unique(labels, return_inverse=True)[1]

@@ -30,7 +30,7 @@ from .benchmark import LatencySettings, make_session, measure_latency
 from .criteria import importance_factory
 from .errors import CompressWarning
 from .export import export_onnx
-from .pruning import count_macs_params, prune
+from .pruning import count_macs_params, group_layouts, prune
 
 log = logging.getLogger("compress")
 _MAGNITUDE = importance_factory("l1")  # any criterion gives the same shape at a ratio; this one is free
@@ -113,7 +113,7 @@ def search_macs_ratio(
 ) -> TargetSearch:
     """The smallest pruning amount whose pruned model keeps at most `target` of the MACs."""
     base = count_macs_params(model, example)[0]
-    shape = shape or (lambda ratio: _probe(model, ratio, example, protected, round_to))
+    shape = shape or _uniform_shape(model, example, protected, round_to)
 
     def macs_ratio(ratio: float) -> float:
         return count_macs_params(shape(ratio), example)[0] / base
@@ -157,7 +157,7 @@ def search_speedup(
     """The smallest pruning amount whose pruned model runs `target` times faster than `model` on
     `images` (one batch), measured with onnxruntime against the original in the same timing run."""
     settings = settings or LatencySettings(warmup=5, runs=10, min_seconds=0.3, window_seconds=2.0)
-    shape = shape or (lambda ratio: _probe(model, ratio, example, protected, round_to))
+    shape = shape or _uniform_shape(model, example, protected, round_to)
     with scratch_directory("compress-target-") as tmp:
         original = export_onnx(model, example, Path(tmp) / "original.onnx").path
         batch = {len(images): images}
@@ -174,9 +174,16 @@ def search_speedup(
     return TargetSearch("speedup", target, ratio, value, reached, history)
 
 
-def _probe(model: nn.Module, ratio: float, example: torch.Tensor, protected, round_to) -> nn.Module:
-    """The model pruned uniformly at `ratio`, quietly: the variants pruned at the ratio found warn for
-    themselves."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CompressWarning)
-        return prune(model, _MAGNITUDE, ratio, example, protected=protected, round_to=round_to).model
+def _uniform_shape(model: nn.Module, example: torch.Tensor, protected, round_to) -> Shape:
+    """The model pruned uniformly at a ratio, quietly (the variants pruned at the ratio found warn for
+    themselves); its groups traced once for every probe of the search."""
+    layouts = group_layouts(model, example, protected)
+
+    def shape(ratio: float) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CompressWarning)
+            return prune(
+                model, _MAGNITUDE, ratio, example, protected=protected, round_to=round_to, layouts=layouts
+            ).model
+
+    return shape
