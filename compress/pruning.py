@@ -30,6 +30,8 @@ from .causal.graph import (
     forward_with_hooks,
     group_root,
     is_producer,
+    misrouted,
+    misrouted_groups,
     prunable_groups,
 )
 from .errors import CompressWarning, PruningError
@@ -78,7 +80,8 @@ def output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> list[s
 
     Raises PruningError when torch-pruning's trace misses a conv or linear layer: it follows the
     autograd graph, so a layer run under torch.no_grad, behind a .detach() or a non-differentiable op
-    is invisible to it and would silently never be pruned (or be pruned without its consumers).
+    is invisible to it and would silently never be pruned (or be pruned without its consumers). Warns
+    about the groups it maps out of range (compress.causal.graph.misrouted), which are kept whole.
     """
     observed = copy.deepcopy(model).eval()
     graph = build_dependency_graph(observed, example_inputs)
@@ -91,7 +94,17 @@ def output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> list[s
             "graph of the output (run under torch.no_grad, behind .detach() or a non-differentiable op); "
             "make the forward differentiable to prune this model"
         )
-    return find_output_layers(graph)
+    outputs = find_output_layers(graph)
+    misrouted = misrouted_groups(graph, outputs)
+    if misrouted:
+        shown = ", ".join(misrouted[:3]) + (f" and {len(misrouted) - 3} more" if len(misrouted) > 3 else "")
+        warnings.warn(
+            f"keeping {len(misrouted)} group(s) unpruned ({shown}): torch-pruning maps their channels past "
+            "their layers' (a split of a layer's output it does not follow)",
+            CompressWarning,
+            stacklevel=2,
+        )
+    return outputs
 
 
 def _layers_run(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
@@ -201,7 +214,7 @@ def _prune_once(
             pruner = tp.pruner.BasePruner(
                 work,
                 example_inputs,
-                importance=_TiedImportance(importance(work), coupled, names) if coupled else importance(work),
+                importance=_GroupImportance(importance(work), coupled, names),
                 pruning_ratio=0.0,  # every pruned group has its own ratio
                 pruning_ratio_dict=per_group,
                 ignored_layers=[work.get_submodule(n) for n in ignored],
@@ -229,15 +242,18 @@ def _prune_once(
     return work.eval(), history
 
 
-class _TiedImportance(tp.importance.Importance):
-    """`inner`'s scores with each coupled set of channels given its mean (GroupLayout.tie), so that
-    torch-pruning's ranking takes whole sets and removes the count it was asked for."""
+class _GroupImportance(tp.importance.Importance):
+    """`inner`'s scores, with each coupled set of channels given its mean (GroupLayout.tie), so that
+    torch-pruning's ranking takes whole sets and removes the count it was asked for, and none for a
+    misrouted group (compress.causal.graph.misrouted), which torch-pruning then leaves alone."""
 
     def __init__(self, inner: tp.importance.Importance, coupled: Mapping[str, GroupLayout], names):
         self.inner, self.coupled, self.names = inner, coupled, names
         self.order = {m: i for i, m in enumerate(names)}
 
     def __call__(self, group):
+        if misrouted(group):  # it may share its root layer with a sound group that has a ratio
+            return None
         scores = self.inner(group)
         layout = self.coupled.get(group_root(group, self.names, self.order))
         if scores is None or layout is None or len(scores) != layout.width:

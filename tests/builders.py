@@ -121,6 +121,29 @@ class GhostStyle(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class CrossStage(nn.Module):
+    """A CSPNet stage: a conv's output split in two, one half through a residual block and a transition
+    conv, then merged. torch-pruning maps the block's stream to channels past the splitting conv's."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.expand, self.expand_bn = nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c)
+        self.block1, self.block1_bn = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.block2, self.block2_bn = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.transition, self.transition_bn = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.merge, self.merge_bn = nn.Conv2d(2 * c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c)
+        self.fc = nn.Linear(2 * c, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        kept, through = self.expand_bn(self.expand(x)).chunk(2, dim=1)
+        through = through + self.block2_bn(self.block2(F.relu(self.block1_bn(self.block1(through)))))
+        through = F.relu(self.transition_bn(self.transition(through)))
+        x = F.relu(self.merge_bn(self.merge(torch.cat([kept, through], 1))))
+        return self.fc(x.mean((2, 3)))
+
+
 class _Lambda(nn.Module):
     def __init__(self, fn):
         super().__init__()
@@ -202,5 +225,6 @@ def load_script(name: str):
     with scripts_on_path():
         spec = importlib.util.spec_from_file_location(f"compress_scripts_{name}", SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # registered, as an import does (dataclasses look their module up)
         spec.loader.exec_module(module)
         return module

@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from builders import Depthwise, GhostStyle, Grouped, OptionAResNet, batches, randomise_batchnorm
+from builders import CrossStage, Depthwise, GhostStyle, Grouped, OptionAResNet, batches, randomise_batchnorm
 
-from compress import CausalScorer, prune
+from compress import CausalScorer, GroupScoreImportance, prune
 from compress.benchmark import make_session
-from compress.criteria import SeededRandomImportance, importance_factory, l1_importance
+from compress.criteria import SeededRandomImportance, importance_factory, l1_importance, make_scorer
 from compress.errors import CompressWarning, PruningError
 from compress.export import check_parity, export_onnx
 from compress.pruning import (
@@ -217,3 +217,19 @@ def test_a_coupled_set_is_ranked_at_its_mean():
     assert GroupLayout(4, coupled=np.array([0, 1, 0, 1])).unit == 2
     assert GroupLayout(4, coupled=np.array([0, 1, 0, 2])).unit == 4  # sets of unequal size: kept whole
     assert GroupLayout(8, parts=4, coupled=np.tile(np.arange(4), 2)).unit == 4
+
+
+def test_a_group_torch_pruning_maps_past_its_layers_is_kept_whole_with_one_warning():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(CrossStage()).eval()
+    x = torch.randn(8, 3, 8, 8)
+    with pytest.warns(CompressWarning, match=r"keeping 1 group\(s\) unpruned \(block2\): torch-pruning maps"):
+        protected = output_layer_names(model, x)
+    scores = make_scorer("causal").fit(model, [x], x).importances_  # before: an IndexError past expand's channels
+    with pytest.warns(CompressWarning, match="keeping group transition unpruned: the pruned model no longer runs"):
+        result = prune(model, lambda m: GroupScoreImportance(scores, m), 0.5, x, protected=protected)
+    widths = {n: m.out_channels for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert widths["block2"] == 8 and widths["stem"] == 4 and widths["block1"] == 4  # the others pruned
+    # torch-pruning also pairs the split's first half with the transition's output; validation finds it
+    assert list(result.kept_unpruned) == ["transition"] and widths["expand"] == 16
+    assert result.model(x).shape == (8, 5)

@@ -162,8 +162,41 @@ def group_root(group, names: dict[nn.Module, str], order: dict[nn.Module, int]) 
     return names[min(producers or [group[0].dep.target.module], key=lambda m: order.get(m, len(order)))]
 
 
-def prunable_groups(graph: tp.DependencyGraph, ignored: list[str]):
-    """torch-pruning's groups of `graph`'s model, but those of the `ignored` layers (the outputs)."""
+def prunable_groups(graph: tp.DependencyGraph, ignored: list[str]) -> list:
+    """torch-pruning's groups of `graph`'s model, but those of the `ignored` layers (the outputs) and
+    those it maps out of range (`misrouted`), which are kept whole."""
+    return [group for group in _all_groups(graph, ignored) if not misrouted(group)]
+
+
+def misrouted_groups(graph: tp.DependencyGraph, ignored: list[str]) -> list[str]:
+    """The groups `prunable_groups` leaves out as misrouted, each by the layer torch-pruning counts its
+    channels on (its producing layer can be shared with a sound group that goes by that layer's name)."""
+    names = {m: n for n, m in graph.model.named_modules()}
+    return [
+        names.get(g[0].dep.target.module, str(g[0].dep.target)) for g in _all_groups(graph, ignored) if misrouted(g)
+    ]
+
+
+def misrouted(group) -> bool:
+    """Whether torch-pruning maps some of the group's channels to indices its layers do not have. It
+    does on CSPNet's stages, where a convolution's output is split in two and one half runs through the
+    blocks: pruning or scoring such a group would index past its layers' channels."""
+    for item in group:
+        module, handler = item.dep.target.module, item.dep.handler
+        if not item.idxs or not isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            continue
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+        elif handler in CONSUMER_HANDLERS:
+            size = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+        else:
+            size = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        if max(item.idxs) >= size:
+            return True
+    return False
+
+
+def _all_groups(graph: tp.DependencyGraph, ignored: list[str]):
     model = graph.model
     return graph.get_all_groups(
         ignored_layers=[model.get_submodule(n) for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)
