@@ -165,3 +165,14 @@ def test_finetune_table_says_what_auto_allocation_kept():
     assert "(causal-0.50: global, l1-0.50: uniform)" in bench.amounts(report)
     report["config"]["allocation"] = "global"
     assert bench.amounts(report) == "Global allocation removing 0.5000 of the MACs for every criterion,"
+
+
+def test_the_architecture_check_prunes_to_the_target_and_reports_a_failure_in_one_line(capsys):
+    check = load_script("check_architectures")
+    assert check.main(["--models", "digits-cnn", "no_such_net", "--target", "0.5", "--image-size", "8"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| architecture | MACs kept (target 0.5) |")
+    digits, missing = table[2].split(" | "), table[3]
+    assert digits[0] == "| digits-cnn" and 0.4 <= float(digits[1]) <= 0.5 and digits[2] in ("global", "uniform")
+    assert digits[3] == "none"  # no group had to be kept whole
+    assert missing.startswith("| no_such_net | failed: ModelError: unknown model 'no_such_net'")
