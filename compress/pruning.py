@@ -29,6 +29,7 @@ from .causal.graph import (
     find_output_layers,
     forward_with_hooks,
     group_root,
+    indexed_groups,
     is_producer,
     misrouted,
     misrouted_groups,
@@ -163,9 +164,10 @@ def prune(
     check_each = False
     while True:
         try:
-            pruned, history = _prune_once(
-                reference, importance, example_inputs, list(protected) + list(kept), check_each, keep, layouts
-            )
+            with indexed_groups():  # torch-pruning builds every group again, pruning it
+                pruned, history = _prune_once(
+                    reference, importance, example_inputs, list(protected) + list(kept), check_each, keep, layouts
+                )
         except _GroupRejected as rejected:
             if rejected.root is None:
                 check_each = True
@@ -227,6 +229,8 @@ def _prune_once(
     try:
         for group in pruner.step(interactive=True):
             root = names[group[0].dep.target.module]
+            if misrouted(group):  # a sound group's chosen channels can still be mapped past a layer's
+                raise _GroupRejected(root, "torch-pruning maps its channels past its layers'")
             masked.remove(_consumed_indices(group, names))
             try:
                 group.prune()
@@ -309,10 +313,11 @@ def group_layouts(model: nn.Module, example_inputs: torch.Tensor, ignored: Seque
     names = {m: n for n, m in observed.named_modules()}
     order = {m: i for i, m in enumerate(names)}
     layouts = {}
-    for group in prunable_groups(graph, list(ignored)):
-        width = len(group[0].idxs)
-        parts = max(_parts(item.dep.target.module) for item in group)
-        layouts[group_root(group, names, order)] = GroupLayout(width, parts, _coupled(graph, group, width))
+    with indexed_groups():  # for _coupled's queries
+        for group in prunable_groups(graph, list(ignored)):
+            width = len(group[0].idxs)
+            parts = max(_parts(item.dep.target.module) for item in group)
+            layouts[group_root(group, names, order)] = GroupLayout(width, parts, _coupled(graph, group, width))
     return layouts
 
 
@@ -447,5 +452,6 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 def apply_history(model: nn.Module, history: list[list], example_inputs: torch.Tensor) -> nn.Module:
     """Replay a pruning history on a fresh model of the same architecture (to load pruned.pt)."""
     graph = build_dependency_graph(model.eval(), example_inputs)
-    graph.load_pruning_history([[n, bool(out), list(idxs)] for n, out, idxs in history])
+    with indexed_groups():
+        graph.load_pruning_history([[n, bool(out), list(idxs)] for n, out, idxs in history])
     return model

@@ -144,6 +144,29 @@ class CrossStage(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class Mixed(nn.Module):
+    """MixNet's mixed convolutions: channels split unevenly, each part with its own kernel, concatenated.
+    torch-pruning cannot prune through the uneven split (its chosen channels map past a layer's)."""
+
+    def __init__(self, c: int = 12):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.dw3 = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.dw5 = nn.Conv2d(c - 4, c - 4, 5, padding=2, groups=c - 4, bias=False)
+        self.dw_bn = nn.BatchNorm2d(c)
+        self.pw_a, self.pw_b = nn.Conv2d(c // 2, 8, 1, bias=False), nn.Conv2d(c // 2, 8, 1, bias=False)
+        self.pw_bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        a, b = x.split([4, x.shape[1] - 4], 1)
+        x = F.relu(self.dw_bn(torch.cat([self.dw3(a), self.dw5(b)], 1)))
+        a, b = x.chunk(2, 1)
+        x = F.relu(self.pw_bn(torch.cat([self.pw_a(a), self.pw_b(b)], 1)))
+        return self.fc(x.mean((2, 3)))
+
+
 class _Lambda(nn.Module):
     def __init__(self, fn):
         super().__init__()

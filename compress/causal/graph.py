@@ -8,6 +8,8 @@ across residual additions, concatenations and flattening.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,40 @@ import torch_pruning as tp
 from ..errors import PruningError
 
 CONSUMER_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+
+@contextlib.contextmanager
+def indexed_groups() -> Iterator[None]:
+    """Within the block, torch-pruning finds the groups it builds as it would, in far less time.
+
+    While it builds a group, torch-pruning looks every dependency it meets up in the whole group so far
+    (`Group.has_pruning_op`, a linear scan comparing index lists), which grows quadratic in the group's
+    size: on MobileViT or ReXNet, whose groups reach across many layers, minutes per trace. Here each
+    group also keeps the set of what `add_dep` added (target, handler, indices), and the lookup asks the
+    set: the same answer, found at once. Only the class's two methods change, and only for the block.
+    """
+    group_class = tp.dependency.group.Group
+    if getattr(group_class.has_pruning_op, "_indexed", False):  # already inside such a block
+        yield
+        return
+    add_dep, has_pruning_op = group_class.add_dep, group_class.has_pruning_op
+
+    def indexed_add_dep(self, dep, idxs):
+        add_dep(self, dep, idxs)
+        self.__dict__.setdefault("_compress_ops", set()).add((dep.target, dep.handler, tuple(idxs)))
+
+    def indexed_has_pruning_op(self, dep, idxs) -> bool:
+        ops = self.__dict__.get("_compress_ops")
+        if ops is None or len(ops) > len(self._group):  # items changed outside add_dep: scan, as before
+            return has_pruning_op(self, dep, idxs)
+        return (dep.target, dep.handler, tuple(idxs)) in ops
+
+    indexed_has_pruning_op._indexed = True
+    group_class.add_dep, group_class.has_pruning_op = indexed_add_dep, indexed_has_pruning_op
+    try:
+        yield
+    finally:
+        group_class.add_dep, group_class.has_pruning_op = add_dep, has_pruning_op
 
 
 @dataclass
@@ -196,11 +232,14 @@ def misrouted(group) -> bool:
     return False
 
 
-def _all_groups(graph: tp.DependencyGraph, ignored: list[str]):
+def _all_groups(graph: tp.DependencyGraph, ignored: list[str]) -> list:
     model = graph.model
-    return graph.get_all_groups(
-        ignored_layers=[model.get_submodule(n) for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)
-    )
+    with indexed_groups():
+        return list(
+            graph.get_all_groups(
+                ignored_layers=[model.get_submodule(n) for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)
+            )
+        )
 
 
 def build_channel_graph(model: nn.Module, example_inputs: torch.Tensor) -> ChannelGraph:
