@@ -24,36 +24,56 @@ CONSUMER_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 @contextlib.contextmanager
 def indexed_groups() -> Iterator[None]:
-    """Within the block, torch-pruning finds the groups it builds as it would, in far less time.
+    """Within the block, torch-pruning builds the groups it would, in far less time.
 
-    While it builds a group, torch-pruning looks every dependency it meets up in the whole group so far
-    (`Group.has_pruning_op`, a linear scan comparing index lists), which grows quadratic in the group's
-    size: on MobileViT or ReXNet, whose groups reach across many layers, minutes per trace. Here each
-    group also keeps the set of what `add_dep` added (target, handler, indices), and the lookup asks the
-    set: the same answer, found at once. Only the class's two methods change, and only for the block.
+    While it builds a group, torch-pruning (1.6) looks every dependency it meets up in the whole group
+    so far (`Group.has_pruning_op`), and merges each into the group's item for the same layer and
+    operation found by another scan (`Group.add_and_merge`): both grow quadratic in the group's size,
+    and on MobileViT or ReXNet, whose groups reach across many layers, take minutes per trace. Here each
+    group also keeps a set of what it holds and the position of each layer's item, and both lookups ask
+    those: the same answers, found at once. Only the Group class's methods change, and only in the block.
     """
     group_class = tp.dependency.group.Group
     if getattr(group_class.has_pruning_op, "_indexed", False):  # already inside such a block
         yield
         return
-    add_dep, has_pruning_op = group_class.add_dep, group_class.has_pruning_op
+    add_dep, has_pruning_op, add_and_merge = group_class.add_dep, group_class.has_pruning_op, group_class.add_and_merge
 
     def indexed_add_dep(self, dep, idxs):
-        add_dep(self, dep, idxs)
         self.__dict__.setdefault("_compress_ops", set()).add((dep.target, dep.handler, tuple(idxs)))
+        self.__dict__.setdefault("_compress_where", {}).setdefault((dep.target, dep.handler), len(self._group))
+        add_dep(self, dep, idxs)
 
     def indexed_has_pruning_op(self, dep, idxs) -> bool:
-        ops = self.__dict__.get("_compress_ops")
-        if ops is None or len(ops) > len(self._group):  # items changed outside add_dep: scan, as before
+        if len(self.__dict__.get("_compress_where", ())) == 0 and len(self._group):  # filled elsewhere: scan
             return has_pruning_op(self, dep, idxs)
-        return (dep.target, dep.handler, tuple(idxs)) in ops
+        return (dep.target, dep.handler, tuple(idxs)) in self.__dict__.get("_compress_ops", ())
+
+    def indexed_add_and_merge(self, dep, idxs):
+        where = self.__dict__.get("_compress_where", {})
+        if len(where) == 0 and len(self._group):  # filled elsewhere: scan, as torch-pruning does
+            return add_and_merge(self, dep, idxs)
+        i = where.get((dep.target, dep.handler))
+        if i is None:
+            return indexed_add_dep(self, dep, idxs)
+        kept, seen, merged = self._group[i], set(), []  # torch-pruning's merge: each channel's first index
+        for index in kept.idxs + idxs:
+            if index.idx not in seen:
+                merged.append(index)
+                seen.add(index.idx)
+        self._group[i] = tp._helpers.GroupItem(dep=kept.dep, idxs=merged)
 
     indexed_has_pruning_op._indexed = True
     group_class.add_dep, group_class.has_pruning_op = indexed_add_dep, indexed_has_pruning_op
+    group_class.add_and_merge = indexed_add_and_merge
     try:
         yield
     finally:
-        group_class.add_dep, group_class.has_pruning_op = add_dep, has_pruning_op
+        group_class.add_dep, group_class.has_pruning_op, group_class.add_and_merge = (
+            add_dep,
+            has_pruning_op,
+            add_and_merge,
+        )
 
 
 @dataclass
