@@ -263,10 +263,14 @@ def test_channels_torch_pruning_maps_past_a_layer_while_pruning_keep_their_group
     model = randomise_batchnorm(Mixed()).eval()
     x = torch.randn(4, 3, 8, 8)
     protected = output_layer_names(model, x)
-    with pytest.warns(CompressWarning, match="keeping group dw5 unpruned: torch-pruning maps its channels past"):
-        # named before it is pruned: before, found here only once pruning broke the model, and on timm's
-        # mixnet_s not at all (an IndexError while masking the reference)
+    with pytest.warns(CompressWarning) as caught:
         result = prune(model, lambda m: l1_importance(), 0.5, x, protected=protected)
+    # named before it is pruned: before, found here only once pruning broke the model, and on timm's
+    # mixnet_s not at all (an IndexError while masking the reference)
+    assert [str(w.message) for w in caught] == [
+        "keeping group dw5 unpruned: torch-pruning maps its channels past its layers'",
+        "keeping group dw3 unpruned: the pruned model no longer runs",  # the other part of the split
+    ]
     widths = {n: m.out_channels for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)}
     assert widths["stem"] == 12 and widths["pw_a"] == widths["pw_b"] == 4  # the split kept, the rest pruned
     assert result.model(x).shape == (4, 5)
