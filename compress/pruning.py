@@ -96,11 +96,11 @@ def output_layer_names(model: nn.Module, example_inputs: torch.Tensor) -> list[s
             "make the forward differentiable to prune this model"
         )
     outputs = find_output_layers(graph)
-    misrouted = misrouted_groups(graph, outputs)
-    if misrouted:
-        shown = ", ".join(misrouted[:3]) + (f" and {len(misrouted) - 3} more" if len(misrouted) > 3 else "")
+    unfollowed = misrouted_groups(graph, outputs)
+    if unfollowed:
+        shown = ", ".join(unfollowed[:3]) + (f" and {len(unfollowed) - 3} more" if len(unfollowed) > 3 else "")
         warnings.warn(
-            f"keeping {len(misrouted)} group(s) unpruned ({shown}): torch-pruning maps their channels past "
+            f"keeping {len(unfollowed)} group(s) unpruned ({shown}): torch-pruning maps their channels past "
             "their layers' (a split of a layer's output it does not follow)",
             CompressWarning,
             stacklevel=2,

@@ -3,7 +3,7 @@
 Each architecture (a compress or torchvision name, or timm:NAME) is built with random weights and
 pruned by `compress.Pruner` with its defaults (causal, auto allocation) to `--target` of its MACs,
 calibrated on random images. The table says, per architecture, the MACs kept, the allocation auto
-kept, the groups kept whole after validation and the seconds the fit took, or the one line the
+kept, the groups kept whole after validation, the warnings and the seconds the fit took, or the one line the
 failure gave. Random weights say nothing about accuracy: this checks that pruning works and meets
 its budget, not what it costs in top-1 (scripts/bench_criteria.py measures that). One image size
 serves every architecture, so a vision transformer fixed to 224x224 needs `--image-size 224`.
