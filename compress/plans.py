@@ -177,7 +177,7 @@ def execute_plan(
         if plan.allocation != "uniform":
             costs = MacsModel(current, example_inputs, protected)
             original_macs = original_macs or costs.total_
-            units = {root: layout.unit for root, layout in layouts.items() if layout.unit > 1}
+            units = {root: layout.unit for root, layout in layouts.items()}
         # candidate name -> how its widths are allocated; auto's in order of preference: a tie keeps
         # global, the better default where shortcuts are (BENCHMARKS.md)
         auto = plan.allocation == "auto"

@@ -295,7 +295,7 @@ class GroupLayout:
         whole width, so the group is kept whole)."""
         if self.coupled is None:
             return self.parts
-        sizes = set(np.bincount(self.coupled)[np.unique(self.coupled)].tolist())
+        sizes = set(np.bincount(self.coupled).tolist())  # labels are 0..n-1 (`_coupled`)
         return math.lcm(self.parts, sizes.pop()) if len(sizes) == 1 else self.width
 
     def tie(self, scores: np.ndarray) -> np.ndarray:
@@ -334,13 +334,6 @@ def _coupled(graph: tp.DependencyGraph, group, width: int) -> np.ndarray | None:
     if (labels == np.arange(width)).all():
         return None
     return np.unique(labels, return_inverse=True)[1]
-
-
-def group_units(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]) -> dict[str, int]:
-    """Group root -> the multiple its kept width must be, for the groups where that is more than one."""
-    return {
-        root: layout.unit for root, layout in group_layouts(model, example_inputs, ignored).items() if layout.unit > 1
-    }
 
 
 def whole_units(kept: int, unit: int) -> int:

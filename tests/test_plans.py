@@ -12,7 +12,7 @@ from compress.errors import CompressWarning
 from compress.plans import PruningPlan, execute_plan, plan_keep
 from compress.pruning import (
     count_macs_params,
-    group_units,
+    group_layouts,
     group_widths,
     layer_widths,
     output_layer_names,
@@ -219,7 +219,7 @@ def test_global_allocation_spends_its_budget_on_the_whole_units_grouped_convolut
     for allocation in ("global", "uniform-budget"):
         keep = plan_keep(allocation, scores, 0.5, original=group_widths(model, x, protected), round_to=4,
                          costs=MacsModel(model, x, protected), original_macs=count_macs_params(model, x)[0],
-                         units=group_units(model, x, protected))  # fmt: skip
+                         units={r: g.unit for r, g in group_layouts(model, x, protected).items()})  # fmt: skip
         pruned = prune(model, lambda m: importance_factory("l1")(m), 0.5, x, protected=protected, round_to=4, keep=keep)
         widths = group_widths(pruned.model, x, protected)
         assert widths == keep and widths["conv1"] % 16 == 0  # planned as pruning gives it: no silent rounding
