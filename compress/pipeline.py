@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -254,7 +253,7 @@ def _search_targets(
             search = _search_target(config, inputs, None, None)
             found = dict.fromkeys(config.criteria, search)
         else:
-            found = {c: _search_target(config, inputs, c, scorers[c].importances_, fidelity) for c in config.criteria}
+            found = {c: _search_target(config, inputs, c, scorers[c], fidelity) for c in config.criteria}
     return inputs.distributed.broadcast_object(found)
 
 
@@ -262,17 +261,17 @@ def _search_target(
     config: RunConfig,
     inputs: _Inputs,
     criterion: str | None,
-    scores: Mapping[str, np.ndarray] | None,
+    scorer: Scorer | None,
     fidelity: FidelityFn | None = None,
 ) -> TargetSearch:
     shape = None
-    if scores is not None:  # global or auto allocation: the criterion's own shapes, one step
+    if scorer is not None:  # global or auto allocation: the criterion's own shapes, one step
 
         def shape(amount: float) -> nn.Module:
             plan = PruningPlan(criterion, amount, config.allocation)  # its criterion: its normalisation
             settings = _pruning_settings(config, inputs)
             return execute_plan(
-                inputs.model, plan, lambda m: scores, inputs.example, **settings, scores=scores, fidelity=fidelity
+                inputs.model, plan, lambda m: scorer, inputs.example, **settings, scorer=scorer, fidelity=fidelity
             ).model
 
     common = {"protected": inputs.protected, "round_to": config.round_to, "shape": shape}
@@ -329,11 +328,11 @@ def _build_variants(
         pruned = execute_plan(
             inputs.model,
             planned,
-            lambda m, p=planned: _fit(config, inputs, p.criterion, m, p.seed).importances_,
+            lambda m, p=planned: _fit(config, inputs, p.criterion, m, p.seed),
             inputs.example,
             **_pruning_settings(config, inputs),
             recalibrate=lambda m: recalibrate_batchnorm(m, calibration),
-            scores=first.importances_,
+            scorer=first,
             fidelity=fidelity,
         )
         before = _accuracy_now(pruned.model, planned.name, config, inputs, variants)

@@ -6,9 +6,11 @@ lowest-scored channels (compress.pruning). With uniform allocation the amount is
 group's channels removed; with global allocation it is the share of the model's MACs removed (the
 shapes follow the scores, so this is what makes criteria comparable at one amount: every one costs
 the same, compress.costs). With `auto` allocation the amount is a share of MACs too: the model is
-pruned both ways at that budget (uniform widths: the smallest equal fraction that fits it), each
-candidate is recovered as the shipped model will be, and the one whose predictions agree more often
-with the unpruned model's on the calibration images is kept (compress.agreement; a tie keeps global).
+pruned both ways at that budget (uniform widths: the smallest equal fraction that fits it), and for
+total effects a third way, global allocation of do(channel := 0)'s effects (`allocation_candidates`);
+each candidate is recovered as the shipped model will be, and the one whose predictions agree more
+often with the unpruned model's on the calibration images is kept (compress.agreement; a tie keeps
+the first, global).
 With `steps` > 1 the amount is reached in equal steps:
 after each one the batch norms are re-estimated and the criterion is fitted again on the smaller
 model (the causal calibration is one cheap pass), so later steps see the model they prune (`auto`
@@ -21,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -40,8 +43,17 @@ from .criteria import GroupScoreImportance
 from .errors import CompressWarning
 from .pruning import PruneResult, group_layouts, prune, whole_units
 
-# Fits the plan's criterion on a model and returns its scores: group root -> per-channel scores.
-ScoreFn = Callable[[nn.Module], Mapping[str, np.ndarray]]
+
+class FittedScorer(Protocol):
+    """A criterion fitted on a model (compress.criteria.Scorer). `importances_`: group root ->
+    per-channel scores. A scorer may also give `unrepaired_importances_` (total effects,
+    compress.causal.total_effect), which auto allocation tries as a third candidate."""
+
+    importances_: Mapping[str, np.ndarray]
+
+
+# Fits the plan's criterion on a model and returns the fitted scorer.
+ScoreFn = Callable[[nn.Module], FittedScorer]
 # How closely a pruned candidate follows the unpruned model, higher is closer
 # (compress.agreement.Agreement.score). It must leave the candidate as it was: what the candidate
 # scores before recovery is reported.
@@ -132,6 +144,30 @@ def plan_keep(
     return as_pruned(keep)
 
 
+def allocation_candidates(allocation: str, fitted: FittedScorer) -> dict[str, tuple[str, Mapping[str, np.ndarray]]]:
+    """Candidate name -> (how its widths are allocated, the scores that rank its channels). Auto's, in
+    order of preference (a tie keeps the first):
+    - `global`: global allocation of the criterion's scores, the better default where shortcuts are;
+    - `uniform`: every group cut by the same fraction, the better one on some plain chains;
+    - `global-unrepaired`, for total effects: global allocation of do(channel := 0)'s effects, the mean's
+      loss counted wherever it is (TotalEffectScorer.unrepaired_importances_). Where batch-norm
+      re-estimation repairs less than the first-order estimate assumes, these rank channels better;
+      which is the case is measured, not guessed.
+    Measured over the benchmark models and held-out networks: BENCHMARKS.md, auto allocation."""
+    scores = fitted.importances_
+    if allocation != "auto":
+        return {allocation: (allocation, scores)}
+    candidates = {"global": ("global", scores), "uniform": ("uniform-budget", scores)}
+    unrepaired = getattr(fitted, "unrepaired_importances_", None)
+    if unrepaired is not None and not _same_scores(unrepaired, scores):  # equal where no batch norm repairs
+        candidates["global-unrepaired"] = ("global", unrepaired)
+    return candidates
+
+
+def _same_scores(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def execute_plan(
     model: nn.Module,
     plan: PruningPlan,
@@ -141,13 +177,13 @@ def execute_plan(
     protected: Sequence[str],
     round_to: int | None,
     recalibrate: Callable[[nn.Module], None] | None = None,
-    scores: Mapping[str, np.ndarray] | None = None,
+    scorer: FittedScorer | None = None,
     max_fraction: float = DEFAULT_MAX_FRACTION,
     normalise: str = DEFAULT_NORMALISATION,
     fidelity: FidelityFn | None = None,
 ) -> PruneResult:
-    """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scores`, if
-    given, are its scores on `model` (the first step then skips a fit). `recalibrate` re-estimates the
+    """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scorer`, if
+    given, is the criterion fitted on `model` (the first step then skips a fit). `recalibrate` re-estimates the
     batch norms between steps; `max_fraction` caps what global allocation takes from one group and
     `normalise` puts the groups' scores on one scale (compress.allocation; `auto`: the one measured
     best for the plan's criterion). `fidelity` measures a pruned candidate against `model` (auto
@@ -158,32 +194,29 @@ def execute_plan(
     original, original_macs = None, None
     current, history, kept_unpruned, choices = model, [], {}, []
     for step in range(1, plan.steps + 1):
-        step_scores = scores if step == 1 and scores is not None else score(current)
+        fitted = scorer if step == 1 and scorer is not None else score(current)
         layouts = group_layouts(current, example_inputs, protected)
         original = original or {root: layout.width for root, layout in layouts.items()}
-        unscored = sorted(set(original) - set(step_scores))
+        unscored = sorted(set(original) - set(fitted.importances_))
         if step == 1 and unscored:  # e.g. bn-scale on layers without batch norm
             shown = ", ".join(unscored[:3]) + (f" and {len(unscored) - 3} more" if len(unscored) > 3 else "")
             warnings.warn(
                 f"{plan.criterion} gives no scores to group(s) {shown}: kept whole", CompressWarning, stacklevel=2
             )
         fraction = plan.amount * step / plan.steps
-        # a set of channels pruning removes together is ranked at its mean (compress.pruning.GroupLayout)
-        step_scores = {
-            root: layouts[root].tie(s) if root in layouts and len(s) == layouts[root].width else s
-            for root, s in step_scores.items()
-        }
         costs, units = None, None
         if plan.allocation != "uniform":
             costs = MacsModel(current, example_inputs, protected)
             original_macs = original_macs or costs.total_
             units = {root: layout.unit for root, layout in layouts.items()}
-        # candidate name -> how its widths are allocated; auto's in order of preference: a tie keeps
-        # global, the better default where shortcuts are (BENCHMARKS.md)
-        auto = plan.allocation == "auto"
-        candidates = {"global": "global", "uniform": "uniform-budget"} if auto else {plan.allocation: plan.allocation}
-        pruned = {}
-        for name, allocation in candidates.items():
+        candidates = allocation_candidates(plan.allocation, fitted)
+        result, chosen, agreement = None, None, {}
+        for name, (allocation, step_scores) in candidates.items():
+            # a set of channels pruning removes together is ranked at its mean (compress.pruning.GroupLayout)
+            step_scores = {
+                root: layouts[root].tie(s) if root in layouts and len(s) == layouts[root].width else s
+                for root, s in step_scores.items()
+            }
             keep = plan_keep(
                 allocation,
                 step_scores,
@@ -196,7 +229,7 @@ def execute_plan(
                 normalise=resolve_normalisation(normalise, plan.criterion),
                 units=units,
             )
-            pruned[name] = prune(
+            candidate = prune(
                 current,
                 lambda m, s=step_scores: GroupScoreImportance(s, m),
                 plan.amount,
@@ -206,12 +239,13 @@ def execute_plan(
                 keep=keep,
                 layouts=layouts,
             )
-        chosen = next(iter(candidates))
-        if len(candidates) > 1:
-            agreement = {name: fidelity(candidate.model) for name, candidate in pruned.items()}
-            chosen = max(agreement, key=agreement.get)  # the first of equals
+            if len(candidates) > 1:
+                agreement[name] = fidelity(candidate.model)
+            if result is None or agreement[name] > agreement[chosen]:  # the first of equals stays
+                result, chosen = candidate, name
+            del candidate  # at most two pruned copies alive at once
+        if agreement:
             choices.append({"step": step, "chosen": chosen, "agreement": agreement})
-        result = pruned[chosen]
         history += result.history
         kept_unpruned.update(result.kept_unpruned)
         current = result.model

@@ -14,16 +14,15 @@ multiples of 4), so that a model pruned from Python is the one the benchmarks me
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .agreement import recalibrated_agreement
 from .allocation import DEFAULT_ALLOCATION, DEFAULT_MAX_FRACTION, DEFAULT_NORMALISATION, settings_problem
 from .causal.calibration import batch_images
-from .criteria import CRITERIA, make_scorer
+from .criteria import CRITERIA, Scorer, make_scorer
 from .plans import PruningPlan, execute_plan
 from .pruning import count_macs_params, group_widths, output_layer_names
 from .recovery import recalibrate_batchnorm
@@ -48,7 +47,8 @@ class Pruner:
     attributes:
 
     - `model_`: the pruned model (the caller's model is not changed);
-    - `scores_`: the criterion's scores on the original model, group root -> one score per channel;
+    - `scorer_`: the criterion fitted on the original model (compress.criteria.make_scorer), and
+      `scores_` its scores, group root -> one score per channel;
     - `amount_`: the amount pruned (from `target_macs_ratio` when that was given);
     - `widths_`: the channels each prunable group kept, `original_widths_` before;
     - `macs_ratio_`: the pruned model's MACs over the original's;
@@ -95,11 +95,12 @@ class Pruner:
         protected = list(self.protected) if self.protected is not None else output_layer_names(model, example)
         recover = functools.partial(recalibrate_batchnorm, batches=calibration)
 
-        def score(m: nn.Module) -> Mapping[str, np.ndarray]:
+        def score(m: nn.Module) -> Scorer:
             scorer = make_scorer(self.criterion, effect_images=self.effect_images, seed=self.seed)
-            return scorer.fit(m, calibration, example).importances_
+            return scorer.fit(m, calibration, example)
 
-        self.scores_ = score(model)
+        self.scorer_ = score(model)
+        self.scores_ = self.scorer_.importances_
         self.amount_ = self._amount(model, example, protected)
         fidelity = None
         if self.allocation == "auto":  # measured after the recovery the pruned model gets, as in `compress run`
@@ -119,7 +120,7 @@ class Pruner:
             protected=protected,
             round_to=self.round_to,
             recalibrate=recover,
-            scores=self.scores_,
+            scorer=self.scorer_,
             max_fraction=self.max_group_ratio,
             normalise=self.group_normalisation,
             fidelity=fidelity,

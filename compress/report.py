@@ -166,19 +166,18 @@ def write_report_md(report: dict[str, Any]) -> str:
             "",
             "## Allocation chosen (--allocation auto)",
             "",
-            "Each variant was pruned both ways at its MACs budget; the one whose top-1 agrees more often with the "
-            "original's on the calibration images was kept (a tie keeps global).",
+            "Each variant was pruned in each candidate way at its MACs budget (global, uniform and, for causal, "
+            "global on the effects of do(channel := 0) with nothing repaired: global-unrepaired); the one whose "
+            "top-1 agrees more often with the original's on the calibration images was kept (a tie keeps the "
+            "first). Agreement on the calibration images:",
             "",
-            "| variant | step | kept | agreement: global | agreement: uniform |",
-            "|---|---|---|---|---|",
         ]
+        names = list(dict.fromkeys(n for steps in chosen.values() for c in steps for n in c["agreement"]))
+        lines += [f"| variant | step | kept | {' | '.join(names)} |", "|---|---|---|" + "---|" * len(names)]
         for name, steps in chosen.items():
             for c in steps:
-                agree = c["agreement"]
-                lines.append(
-                    f"| {name} | {c['step']} | {c['chosen']} | {100 * agree['global']:.2f}% | "
-                    f"{100 * agree['uniform']:.2f}% |"
-                )
+                agree = [f"{100 * c['agreement'][n]:.2f}%" if n in c["agreement"] else "" for n in names]
+                lines.append(f"| {name} | {c['step']} | {c['chosen']} | {' | '.join(agree)} |")
     bench = report["benchmark"]
     lines += [
         "",

@@ -41,7 +41,7 @@ from benchmark_tables import interval95, machine, replace_section
 
 from compress.agreement import Agreement, recalibrated_agreement
 from compress.allocation import DEFAULT_ALLOCATION, DEFAULT_NORMALISATION, resolve_normalisation
-from compress.criteria import CRITERIA, importance_factory, make_scorer
+from compress.criteria import CRITERIA, Scorer, importance_factory, make_scorer
 from compress.data import load_data
 from compress.errors import CompressWarning
 from compress.evaluation import evaluate
@@ -353,26 +353,26 @@ class Subject:
         re-estimation (a pass of the unpruned model, made only when an auto row needs it)."""
         return recalibrated_agreement(self.model, self.calibration)
 
-    def fit(self, criterion: str, model: nn.Module, seed: int | None, args) -> dict[str, np.ndarray]:
+    def fit(self, criterion: str, model: nn.Module, seed: int | None, args) -> Scorer:
         scorer = make_scorer(criterion, pool_grid=args.pool_grid, seed=seed or 0)
-        return scorer.fit(model, self.calibration, self.example).importances_
+        return scorer.fit(model, self.calibration, self.example)
 
     def macs_kept(self, model: nn.Module) -> float:
         return count_macs_params(model, self.example)[0] / self.macs
 
 
-def search_amount(subject: Subject, plan: PruningPlan, scores, target: float, round_to: int) -> tuple[float, float]:
+def search_amount(subject: Subject, plan: PruningPlan, scorer, target: float, round_to: int) -> tuple[float, float]:
     """The smallest amount whose one-step pruning by `plan` keeps at most 1/target of the MACs."""
 
     def macs(amount: float) -> float:
         pruned = execute_plan(
             subject.model,
             dataclasses.replace(plan, amount=amount, steps=1),
-            lambda m: scores,
+            lambda m: scorer,
             subject.example,
             protected=subject.protected,
             round_to=round_to,
-            scores=scores,
+            scorer=scorer,
         )
         return subject.macs_kept(pruned.model)
 
@@ -383,11 +383,11 @@ def search_amount(subject: Subject, plan: PruningPlan, scores, target: float, ro
 def run_matched(item: str, args) -> dict:
     subject = Subject(item, args)
     plain = plain_pass_seconds(subject.model, subject.calibration)
-    scores, costs = {}, {}
+    scorers, costs = {}, {}
     for criterion in args.criteria:
         for seed in range(args.random_seeds) if criterion == "random" else [None]:
             start = time.perf_counter()
-            scores[criterion, seed] = subject.fit(criterion, subject.model, seed, args)
+            scorers[criterion, seed] = subject.fit(criterion, subject.model, seed, args)
             costs[criterion] = {"fit_s": time.perf_counter() - start, "plain_s": plain}
     rows = []
     jobs = [
@@ -402,7 +402,7 @@ def run_matched(item: str, args) -> dict:
     ]
     uniform_amounts = {}
     for target, allocation, steps, criterion, seed in progress(jobs, desc=subject.name, unit="variant"):
-        first = scores[criterion, seed]
+        first = scorers[criterion, seed]
         plan = PruningPlan(criterion, 0.5, allocation, steps, seed)
         if allocation == "uniform":  # the shapes at an amount are the same for every criterion
             if target not in uniform_amounts:
@@ -420,7 +420,7 @@ def run_matched(item: str, args) -> dict:
             protected=subject.protected,
             round_to=args.round_to,
             recalibrate=lambda m: recalibrate_batchnorm(m, subject.calibration),
-            scores=first,
+            scorer=first,
             normalise=args.group_normalisation,
             fidelity=fidelity,
         )
@@ -504,7 +504,7 @@ def best_lines(result: dict, targets: list[float]) -> list[str]:
 
 
 def choice_lines(result: dict, targets: list[float]) -> list[str]:
-    """Per auto row: the allocation it kept and both candidates' agreement with the original on the
+    """Per auto row: the allocation it kept and each candidate's agreement with the original on the
     calibration images (first step), next to the uniform and global rows' top-1 of the same criterion."""
     out = []
     for t in targets:

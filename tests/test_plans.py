@@ -1,5 +1,7 @@
 """Pruning plans: criterion, allocation, schedule and amount executed by the pruning stage."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,12 @@ from compress.pruning import (
 from compress.zoo import DigitsCNN
 
 
+def _fitted(scores, unrepaired=None):
+    """A criterion fitted elsewhere: its scores (and, as total effects give, do(channel := 0)'s)."""
+    extra = {} if unrepaired is None else {"unrepaired_importances_": unrepaired}
+    return SimpleNamespace(importances_=scores, **extra)
+
+
 @pytest.fixture(scope="module")
 def digits():
     torch.manual_seed(0)
@@ -32,9 +40,7 @@ def digits():
 def test_one_uniform_step_is_plain_pruning(digits):
     model, data, x, protected = digits
     scorer = make_scorer("causal").fit(model, data, x)
-    planned = execute_plan(
-        model, PruningPlan("causal", 0.3), lambda m: scorer.importances_, x, protected=protected, round_to=4
-    )
+    planned = execute_plan(model, PruningPlan("causal", 0.3), lambda m: scorer, x, protected=protected, round_to=4)
     plain = prune(model, importance_factory("causal", scorer), 0.3, x, protected=protected, round_to=4)
     assert layer_widths(planned.model) == layer_widths(plain.model) == {
         "conv1": 20, "conv2": 44, "conv3": 88, "conv4": 88, "fc": 10  # int(0.7 C) rounded down to 4
@@ -56,7 +62,7 @@ def test_global_allocation_takes_channels_where_the_scores_are_low_until_the_mac
     model, _, x, protected = digits
     scores = _conv1_matters_most()
     plan = PruningPlan("causal", 0.4, "global")  # global: the amount is the share of MACs removed
-    result = execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=4)
+    result = execute_plan(model, plan, lambda m: _fitted(scores), x, protected=protected, round_to=4)
     widths = layer_widths(result.model)
     kept = count_macs_params(result.model, x)[0] / count_macs_params(model, x)[0]
     assert 0.55 <= kept <= 0.6  # at most the budget, and within a rounding unit of it
@@ -71,7 +77,7 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
     scores = _conv1_matters_most()
     settings = {"protected": protected, "round_to": 4}
     global_widths = layer_widths(
-        execute_plan(model, PruningPlan("causal", 0.4, "global"), lambda m: scores, x, **settings).model
+        execute_plan(model, PruningPlan("causal", 0.4, "global"), lambda m: _fitted(scores), x, **settings).model
     )
     measured = []
 
@@ -80,7 +86,7 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
         return 1.0 - layer_widths(m)["conv1"] / 32
 
     plan = PruningPlan("causal", 0.4, "auto")
-    result = execute_plan(model, plan, lambda m: scores, x, **settings, fidelity=thin_conv1_agrees_more)
+    result = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=thin_conv1_agrees_more)
     widths = layer_widths(result.model)
     assert measured[0] == global_widths and len(measured) == 2  # both candidates measured, global first
     assert widths == measured[1] != global_widths
@@ -91,11 +97,47 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
     chosen = result.allocation_choices
     assert [c["chosen"] for c in chosen] == ["uniform"] and chosen[0]["agreement"]["global"] == 0.0
 
-    tie = execute_plan(model, plan, lambda m: scores, x, **settings, fidelity=lambda m: 0.9)
+    tie = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9)
     assert layer_widths(tie.model) == global_widths
     assert tie.allocation_choices == [{"step": 1, "chosen": "global", "agreement": {"global": 0.9, "uniform": 0.9}}]
     with pytest.raises(ValueError, match="auto allocation needs a fidelity measure"):
-        execute_plan(model, plan, lambda m: scores, x, **settings)
+        execute_plan(model, plan, lambda m: _fitted(scores), x, **settings)
+
+
+def test_auto_allocation_tries_global_on_the_unrepaired_effects_a_scorer_gives_and_keeps_it_when_it_agrees_more(
+    digits,
+):
+    model, _, x, protected = digits
+    settings = {"protected": protected, "round_to": 4}
+    scores = _conv1_matters_most()
+    # do(channel := 0)'s effects rank the other way round in conv1 and conv2: conv2 all matters, conv1 mostly not
+    unrepaired = {**scores, "conv1": np.r_[np.full(24, 0.1), np.full(8, 5.0)], "conv2": np.full(64, 5.0)}
+    alone = execute_plan(model, PruningPlan("causal", 0.4, "global"), lambda m: _fitted(unrepaired), x, **settings)
+    measured = []
+
+    def whole_conv2_agrees_more(m):  # a stand-in fidelity that prefers conv2 whole and conv1 thinned
+        measured.append(layer_widths(m))
+        return 1.0 if measured[-1]["conv2"] == 64 and measured[-1]["conv1"] < 32 else 0.5
+
+    plan = PruningPlan("causal", 0.4, "auto")
+    result = execute_plan(
+        model, plan, lambda m: _fitted(scores, unrepaired), x, **settings, fidelity=whole_conv2_agrees_more
+    )
+    assert len(measured) == 3 and measured[2] == layer_widths(alone.model)  # global, uniform, then the third
+    assert layer_widths(result.model) == layer_widths(alone.model)
+    assert result.pruned_channels() == alone.pruned_channels()  # its channels ranked by the unrepaired effects
+    assert result.allocation_choices == [
+        {
+            "step": 1,
+            "chosen": "global-unrepaired",
+            "agreement": {"global": 0.5, "uniform": 0.5, "global-unrepaired": 1.0},
+        }
+    ]
+    tie = execute_plan(model, plan, lambda m: _fitted(scores, unrepaired), x, **settings, fidelity=lambda m: 0.9)
+    assert tie.allocation_choices[0]["chosen"] == "global"  # a tie keeps the first
+    # without batch norms the two effects are the same: the third candidate would repeat global
+    same = execute_plan(model, plan, lambda m: _fitted(scores, scores), x, **settings, fidelity=lambda m: 0.9)
+    assert list(same.allocation_choices[0]["agreement"]) == ["global", "uniform"]
 
 
 def test_auto_normalisation_follows_the_plans_criterion(digits):
@@ -105,7 +147,12 @@ def test_auto_normalisation_follows_the_plans_criterion(digits):
     widths = {
         criterion: layer_widths(
             execute_plan(
-                model, PruningPlan(criterion, 0.3, "global"), lambda m: scores, x, protected=protected, round_to=4
+                model,
+                PruningPlan(criterion, 0.3, "global"),
+                lambda m: _fitted(scores),
+                x,
+                protected=protected,
+                round_to=4,
             ).model
         )
         for criterion in ("causal", "l1")
@@ -118,7 +165,9 @@ def test_a_macs_share_beyond_the_group_caps_prunes_what_they_allow_and_says_so(d
     scores = {root: np.ones(width) for root, width in group_widths(model, x, protected).items()}
     plan = PruningPlan("causal", 0.95, "global")
     with pytest.warns(CompressWarning, match=r"removes only 0\.\d\d of the MACs, not 0\.95: .*--max-group-ratio"):
-        result = execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=4, max_fraction=0.5)
+        result = execute_plan(
+            model, plan, lambda m: _fitted(scores), x, protected=protected, round_to=4, max_fraction=0.5
+        )
     assert layer_widths(result.model)["conv2"] == 32  # every group at its cap: half of its channels
 
 
@@ -127,7 +176,7 @@ def test_a_macs_share_that_channel_rounding_forbids_names_the_rounding(digits):
     scores = {root: np.ones(width) for root, width in group_widths(model, x, protected).items()}
     plan = PruningPlan("causal", 0.5, "global")  # the caps allow 0.5; units of 128 channels do not
     with pytest.warns(CompressWarning, match=r"removes only 0\.\d\d of the MACs, not 0\.50: .*of 128 \(--round-to\)"):
-        execute_plan(model, plan, lambda m: scores, x, protected=protected, round_to=128)
+        execute_plan(model, plan, lambda m: _fitted(scores), x, protected=protected, round_to=128)
 
 
 def test_steps_rescore_and_recalibrate_between_and_reach_the_same_widths(digits):
@@ -136,7 +185,7 @@ def test_steps_rescore_and_recalibrate_between_and_reach_the_same_widths(digits)
 
     def score(m):
         fits.append(layer_widths(m)["conv1"])
-        return make_scorer("l1").fit(m, data, x).importances_
+        return make_scorer("l1").fit(m, data, x)
 
     plan = PruningPlan("l1", 0.5, steps=3)
     result = execute_plan(model, plan, score, x, protected=protected, round_to=4, recalibrate=recalibrations.append)
@@ -153,9 +202,7 @@ def test_a_group_a_criterion_cannot_score_is_kept_whole_with_one_warning():
     scorer = make_scorer("bn-scale").fit(model, data, x)
     assert scorer.importances_ == {}
     with pytest.warns(CompressWarning, match=r"bn-scale gives no scores to group\(s\) conv1, conv2: kept whole"):
-        result = execute_plan(
-            model, PruningPlan("bn-scale", 0.5), lambda m: scorer.importances_, x, protected=["fc"], round_to=None
-        )
+        result = execute_plan(model, PruningPlan("bn-scale", 0.5), lambda m: scorer, x, protected=["fc"], round_to=None)
     assert layer_widths(result.model) == layer_widths(model)
 
 
@@ -235,7 +282,7 @@ def test_global_allocation_plans_coupled_channels_as_pruning_removes_them():
     x = torch.randn(8, 3, 16, 16)
     protected = output_layer_names(model, x)
     plan = PruningPlan("l1", 0.5, "global", 1, None)
-    score = lambda m: make_scorer("l1").fit(m, [x], x).importances_  # noqa: E731
+    score = lambda m: make_scorer("l1").fit(m, [x], x)  # noqa: E731
     result = execute_plan(model, plan, score, x, protected=protected, round_to=4)
     assert result.kept_unpruned == {}
     widths = group_widths(result.model, x, protected)

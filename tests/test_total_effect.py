@@ -37,6 +37,8 @@ def test_total_effects_equal_a_direct_computation_on_the_layers():
     assert set(scorer.importances_) == set(expected)
     for root, scores in expected.items():
         np.testing.assert_allclose(scorer.importances_[root], scores, rtol=1e-4, atol=1e-7)
+        # no batch norm repairs anything: do(channel := 0) counted everywhere is the same effect
+        np.testing.assert_allclose(scorer.unrepaired_importances_[root], scores, rtol=1e-4, atol=1e-7)
     assert scorer.n_images_ == 24
 
 
@@ -96,6 +98,8 @@ def test_a_constant_channel_counts_only_where_no_batch_norm_repairs_its_mean():
     assert scorer.importances_["conv1"][0] == pytest.approx(0.0, abs=1e-9)
     # conv3's constant channel: its removal moves the classifier's input, and nothing re-centres it
     assert scorer.importances_["conv3"][0] > 0.1 * scorer.importances_["conv3"].max()
+    # do(channel := 0) with nothing repaired counts conv1's lost mean too
+    assert scorer.unrepaired_importances_["conv1"][0] > 0.1 * scorer.unrepaired_importances_["conv1"].max()
 
 
 def test_bad_max_images_names_the_argument():
@@ -187,10 +191,14 @@ def test_the_mean_counts_along_the_paths_no_batch_norm_repairs():
     F.log_softmax(logits, 1).gather(1, predicted).sum().backward()  # the predicted class of the real model
     s = ((c - mean) * (inner_leaf.grad + side_leaf.grad) + mean * free_leaf.grad).sum((2, 3))
     by_hand = s.pow(2).mean(0).sqrt().numpy()
+    zeroed = (c * (inner_leaf.grad + side_leaf.grad)).sum((2, 3))  # do(c := 0), the mean lost on every path
+    unrepaired_by_hand = zeroed.pow(2).mean(0).sqrt().numpy()
 
     scorer = TotalEffectScorer(max_images=20).fit(model, [(images[:8], None), (images[8:], None)])
     assert scorer.renormalised_ == {"conv1", "inner", "conv3"}  # the layers reading group channels
     np.testing.assert_allclose(scorer.importances_["conv1"], by_hand, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(scorer.unrepaired_importances_["conv1"], unrepaired_by_hand, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(by_hand, unrepaired_by_hand, rtol=1e-2)  # the two interventions differ here
 
 
 def test_read_by_batchnorm_names_the_layers_whose_output_a_batch_norm_reads():

@@ -62,6 +62,9 @@ class TotalEffectScorer:
     Attributes (after `fit`)
     ------------------------
     importances_: dict pruning-group root -> per-channel total effect (rms over images)
+    unrepaired_importances_: the same for do(channel := 0) with nothing repaired: the mean's loss counted
+        at every consumer, as if no batch norm were re-estimated (a candidate of auto allocation,
+        compress.plans.allocation_candidates)
     renormalised_: consumer layers whose output a batch norm reads: the mean their removed inputs leave
         behind is absorbed when it is re-estimated
     consumer_importances_: dict consumer layer -> per input feature, the effect through that layer alone
@@ -115,20 +118,17 @@ class TotalEffectScorer:
         effects = {
             name: products[name] - (sums[name] / counts[name].clamp(min=1)) * repaired[name] for name in products
         }
-        squares = {}
-        for group in graph.groups:
-            total = torch.zeros(len(next(iter(effects.values()))), group.channels, dtype=torch.float64)
-            for name, idxs, root_idxs in group.links:
-                total.index_add_(1, torch.as_tensor(root_idxs), effects[name][:, torch.as_tensor(idxs)])
-            squares[group.root] = (total * total).sum(0)
+        # The products alone are do(channel := 0)'s effects, nothing repaired (`unrepaired_importances_`).
+        squares, unrepaired = _group_squares(graph, effects), _group_squares(graph, products)
         consumers = {name: (effect * effect).sum(0) for name, effect in effects.items()}
         totals = [torch.tensor(float(sum(len(b) for b in self._batches)), dtype=torch.float64)]
-        totals += [*squares.values(), *consumers.values()]
+        totals += [*squares.values(), *unrepaired.values(), *consumers.values()]
         if sum_across is not None:
             sum_across(totals)
         self.n_images_ = int(totals[0].item())
         scale = max(self.n_images_, 1)
         self.importances_ = {root: (s / scale).sqrt().numpy() for root, s in squares.items()}
+        self.unrepaired_importances_ = {root: (s / scale).sqrt().numpy() for root, s in unrepaired.items()}
         self.consumer_importances_ = {name: (s / scale).sqrt().numpy() for name, s in consumers.items()}
         self.layer_importances_ = layer_scores_from_groups(graph, self.importances_)
         del self._observed, self._batches  # what the scores needed; the model copy and images can go
@@ -263,6 +263,18 @@ def read_by_batchnorm(model: nn.Module, names: list[str], example_inputs: torch.
 
 def _is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _group_squares(graph: ChannelGraph, effects: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per group root, each channel's per-image effect summed over its consumers, squared and summed
+    over images."""
+    squares = {}
+    for group in graph.groups:
+        total = torch.zeros(len(next(iter(effects.values()))), group.channels, dtype=torch.float64)
+        for name, idxs, root_idxs in group.links:
+            total.index_add_(1, torch.as_tensor(root_idxs), effects[name][:, torch.as_tensor(idxs)])
+        squares[group.root] = (total * total).sum(0)
+    return squares
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
