@@ -24,7 +24,9 @@ channels down to that width.
   two loses less is not a property of the criterion: global allocation wins on networks with
   shortcuts, where it takes deep cuts from single groups, and loses on plain chains, where it strips
   the late layers of small feature maps (BENCHMARKS.md, plain chains). Measuring both on the
-  calibration images decides per model and amount, without labels.
+  calibration images decides per model and amount, without labels. For total effects a third
+  candidate, global allocation of do(channel := 0)'s effects, is measured alongside
+  (compress.plans.allocation_candidates).
 
 `global_keep` removes a share of the channels; `budget_keep` spends a MACs budget: the largest
 global ranking cut that fits, then the rounding's leftover given back, a unit of channels at a time,

@@ -182,12 +182,13 @@ def execute_plan(
     normalise: str = DEFAULT_NORMALISATION,
     fidelity: FidelityFn | None = None,
 ) -> PruneResult:
-    """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model; `scorer`, if
-    given, is the criterion fitted on `model` (the first step then skips a fit). `recalibrate` re-estimates the
-    batch norms between steps; `max_fraction` caps what global allocation takes from one group and
-    `normalise` puts the groups' scores on one scale (compress.allocation; `auto`: the one measured
-    best for the plan's criterion). `fidelity` measures a pruned candidate against `model` (auto
-    allocation keeps the higher; it needs one). The caller's model is not changed."""
+    """Prune a copy of `model` by `plan`. `score` fits the plan's criterion on a model and returns the
+    fitted scorer; `scorer`, if given, is the criterion already fitted on `model` (the first step then
+    skips a fit). `recalibrate` re-estimates the batch norms between steps; `max_fraction` caps what
+    global allocation takes from one group and `normalise` puts the groups' scores on one scale
+    (compress.allocation; `auto`: the one measured best for the plan's criterion). `fidelity` measures
+    a pruned candidate against `model` (auto allocation keeps the highest; it needs one). The caller's
+    model is not changed."""
     if plan.allocation == "auto" and fidelity is None:
         raise ValueError("auto allocation needs a fidelity measure to choose between its candidates")
     start = time.perf_counter()

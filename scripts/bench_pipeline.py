@@ -57,10 +57,24 @@ def accuracy_table(report: dict) -> list[str]:
     return lines
 
 
+def auto_choices(report: dict) -> list[str]:
+    """With auto allocation, the candidate each criterion's variants kept, ratio by ratio (random: its
+    first seed); nothing otherwise."""
+    if report["config"].get("allocation") != "auto":
+        return []
+    first_seed = report["seeds"]["random_baselines"][0] if report["seeds"]["random_baselines"] else None
+    kept: dict[str, list[str]] = {}
+    for v in report["variants"]:
+        if v.get("allocation_choices") and not (v["criterion"] == "random" and v["seed"] != first_seed):
+            kept.setdefault(v["criterion"], []).append(f"{v['ratio']:.2f} {v['allocation_choices'][0]['chosen']}")
+    each = "; ".join(f"{criterion}: {', '.join(choices)}" for criterion, choices in kept.items())
+    return ["", f"Auto allocation kept, by ratio: {each}."] if kept else []
+
+
 def _random_shapes(report: dict) -> str:
     """How the random rows' shapes relate to the others': uniform allocation gives every criterion the
     same widths; global allocation gives each its own (random ranks channels at random across groups), and
-    auto allocation each its choice of global's or uniform's widths."""
+    auto allocation each its choice among its candidates' widths."""
     allocation = report["config"].get("allocation", "uniform")
     if allocation == "uniform":
         return "Random variants share the causal ones' shapes; the first seed is shown."
@@ -160,6 +174,7 @@ def main() -> None:
         f"to multiples of {report['config']['round_to']}.",
         "",
         *accuracy_table(report),
+        *auto_choices(report),
         "",
         *latency_table(report),
         "",

@@ -176,3 +176,26 @@ def test_the_architecture_check_prunes_to_the_target_and_reports_a_failure_in_on
     assert digits[0] == "| digits-cnn" and 0.4 <= float(digits[1]) <= 0.5 and digits[2] in ("global", "uniform")
     assert digits[3] == "none"  # no group had to be kept whole
     assert missing.startswith("| no_such_net | failed: ModelError: unknown model 'no_such_net'")
+
+
+def test_pipeline_tables_say_which_candidate_auto_allocation_kept():
+    bench = load_script("bench_pipeline")
+
+    def variant(criterion, ratio, chosen, seed=None):
+        return {"criterion": criterion, "ratio": ratio, "seed": seed, "allocation_choices": [{"chosen": chosen}]}
+
+    variants = [
+        {"criterion": None, "ratio": 0.0, "seed": None},  # the original: no choice
+        variant("causal", 0.2, "global-unrepaired"),
+        variant("causal", 0.5, "global"),
+        variant("l1", 0.2, "uniform"),
+        variant("random", 0.2, "global", seed=0),
+        variant("random", 0.2, "uniform", seed=1),  # not the first seed: not shown
+    ]
+    report = {"config": {"allocation": "auto"}, "seeds": {"random_baselines": [0, 1]}, "variants": variants}
+    assert bench.auto_choices(report) == [
+        "",
+        "Auto allocation kept, by ratio: causal: 0.20 global-unrepaired, 0.50 global; l1: 0.20 uniform; "
+        "random: 0.20 global.",
+    ]
+    assert bench.auto_choices({**report, "config": {"allocation": "global"}}) == []

@@ -248,13 +248,19 @@ def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_tar
     args += ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
+    candidates = {"causal": ["global", "uniform", "global-unrepaired"], "l1": ["global", "uniform"]}
     for v in report["variants"][1:]:
         [choice] = v["allocation_choices"]
+        assert list(choice["agreement"]) == candidates[v["criterion"]]  # total effects' third: do(channel := 0)'s
         assert choice["chosen"] == max(choice["agreement"], key=choice["agreement"].get)  # the one that agrees more
         assert all(0.0 <= a <= 1.0 for a in choice["agreement"].values())
         assert v["ratio"] == 0.5 and v["macs_ratio"] <= 0.5  # a share of MACs, whichever allocation was kept
     assert "auto allocation removed 0.5 of the MACs" in report["chosen"]["reason"]
-    assert "## Allocation chosen (--allocation auto)" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Allocation chosen (--allocation auto)" in markdown
+    assert "| variant | step | kept | global | uniform | global-unrepaired |" in markdown
+    [l1_row] = [line for line in markdown.splitlines() if line.startswith("| l1-0.50 | 1 |")]
+    assert l1_row.endswith("% |  |")  # l1 has no third candidate: its cell is empty
 
 
 def test_global_allocation_spends_its_budget_on_the_whole_units_grouped_convolutions_keep():

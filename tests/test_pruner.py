@@ -63,6 +63,8 @@ def test_a_ratio_is_the_share_of_macs_removed_under_global_allocation(digits):
     pruner = compress.Pruner("causal", ratio=0.3, allocation="global").fit(model, batches)
     assert pruner.amount_ == 0.3 and 0.68 <= pruner.macs_ratio_ <= 0.7
     assert set(pruner.scores_) == set(pruner.widths_)
+    assert pruner.scores_ is pruner.scorer_.importances_  # the fitted criterion, its unrepaired effects too
+    assert set(pruner.scorer_.unrepaired_importances_) == set(pruner.scores_)
 
     once = compress.Pruner("causal", ratio=0.3, allocation="global").fit(model, (b for b in batches))  # a generator
     images = data.example_batch(8)

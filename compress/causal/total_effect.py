@@ -25,7 +25,10 @@ importance is the root mean square of s_c over calibration images: how far, typi
 moves the model's confidence in its own answer after batch-norm re-estimation. Scores of all groups
 are on that one scale. (Measured at matched MACs over eight models: do(channel := its mean) at every
 consumer, the mean assumed repaired everywhere, and do(channel := 0), repaired nowhere, each averaged
-lower top-1; BENCHMARKS.md, criteria at matched MACs.)
+lower top-1; BENCHMARKS.md, criteria at matched MACs.) do(channel := 0)'s effects come from the same
+pass (the products alone) and are kept as `unrepaired_importances_`: where re-estimation repairs less
+than this first-order estimate assumes, they rank channels better, and auto allocation measures which
+is the case (compress.plans.allocation_candidates).
 
 Cost: one forward and backward pass over `max_images` calibration images, and a second backward only
 towards the layers whose output no batch norm reads directly (usually the classifier alone, which
