@@ -55,7 +55,10 @@ class _GroupScorer:
         self.importances_, self.layer_importances_ = {}, {}
         with torch.no_grad():
             for group in prunable_groups(graph, find_output_layers(graph)):
-                scores = importance(group)
+                try:
+                    scores = importance(group)
+                except IndexError:  # torch-pruning indexes past a layer it cannot score (a grouped
+                    continue  # convolution widening its channels): unscored, so kept whole (compress.plans)
                 if scores is None:
                     continue
                 scores = scores.detach().double().cpu().numpy()

@@ -321,8 +321,9 @@ _model_and_data_options = _options(
     help="global: all groups' channels ranked together on scores scaled per group (--group-normalisation) "
     "until --ratios of the MACs are gone (every criterion at equal cost); uniform: every group loses the "
     "same fraction of its channels; auto: both at the same MACs (causal: and global on do(channel := 0)'s "
-    "effects), keeping the one whose predictions agree more with the original's on the calibration images "
-    "(per extra candidate, another pruning and two passes over them).",
+    "effects; criteria estimated from images: and global's widths with l1's channels), keeping the one whose "
+    "predictions agree more with the original's on the calibration images (per extra candidate, another "
+    "pruning and two passes over them).",
 )
 @click.option(
     "--steps",

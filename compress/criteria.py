@@ -46,6 +46,11 @@ CRITERIA = (
 )
 # The data-driven criteria `compress explain` draws (the baselines explain nothing about causes).
 SCORED_CRITERIA = ("causal", "causal-direct", "causal-reference", "intervention")
+# The criteria estimated from calibration images. Their order within a group carries the images'
+# sampling noise (BENCHMARKS.md: a median Spearman correlation of 0.66-0.81 between two sets of 512
+# images); a weight magnitude has none, so auto allocation also tries l1's channel order within such a
+# criterion's global widths (compress.plans.allocation_candidates).
+ESTIMATED_CRITERIA = ("causal", "causal-direct", "causal-reference", "intervention", "taylor")
 # What `compress run` compares by default; the others are opt-in (intervention is slow).
 DEFAULT_CRITERIA = ("causal", "l1", "random")
 Scorer = (

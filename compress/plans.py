@@ -6,8 +6,9 @@ lowest-scored channels (compress.pruning). With uniform allocation the amount is
 group's channels removed; with global allocation it is the share of the model's MACs removed (the
 shapes follow the scores, so this is what makes criteria comparable at one amount: every one costs
 the same, compress.costs). With `auto` allocation the amount is a share of MACs too: the model is
-pruned both ways at that budget (uniform widths: the smallest equal fraction that fits it), and for
-total effects a third way, global allocation of do(channel := 0)'s effects (`allocation_candidates`);
+pruned both ways at that budget (uniform widths: the smallest equal fraction that fits it), for total
+effects a third way, global allocation of do(channel := 0)'s effects, and for a criterion estimated
+from calibration images one more, its global widths with l1's channels (`allocation_candidates`);
 each candidate is recovered as the shipped model will be, and the one whose predictions agree more
 often with the unpruned model's on the calibration images is kept (compress.agreement; a tie keeps
 the first, global).
@@ -38,16 +39,17 @@ from .allocation import (
     uniform_budget_keep,
     uniform_keep,
 )
+from .baselines import MagnitudeScorer
 from .costs import MacsModel
-from .criteria import GroupScoreImportance
+from .criteria import ESTIMATED_CRITERIA, GroupScoreImportance
 from .errors import CompressWarning
-from .pruning import PruneResult, group_layouts, prune, whole_units
+from .pruning import GroupLayout, PruneResult, group_layouts, prune, whole_units
 
 
 class FittedScorer(Protocol):
     """A criterion fitted on a model (compress.criteria.Scorer). `importances_`: group root ->
     per-channel scores. A scorer may also give `unrepaired_importances_` (total effects,
-    compress.causal.total_effect), which auto allocation tries as a third candidate."""
+    compress.causal.total_effect), which auto allocation tries as another candidate."""
 
     importances_: Mapping[str, np.ndarray]
 
@@ -144,28 +146,54 @@ def plan_keep(
     return as_pruned(keep)
 
 
-def allocation_candidates(allocation: str, fitted: FittedScorer) -> dict[str, tuple[str, Mapping[str, np.ndarray]]]:
-    """Candidate name -> (how its widths are allocated, the scores that rank its channels). Auto's, in
-    order of preference (a tie keeps the first):
+@dataclass(frozen=True)
+class Candidate:
+    """One way to prune at a budget: `allocation` spreads the cut over the groups by the `widths`
+    scores, and within each group the `order` scores choose the channels that go."""
+
+    allocation: str
+    widths: Mapping[str, np.ndarray]
+    order: Mapping[str, np.ndarray]
+
+
+def allocation_candidates(
+    allocation: str, fitted: FittedScorer, magnitudes: Mapping[str, np.ndarray] | None = None
+) -> dict[str, Candidate]:
+    """Candidate name -> Candidate. Auto's, in order of preference (a tie keeps the first):
     - `global`: global allocation of the criterion's scores, the better default where shortcuts are;
     - `uniform`: every group cut by the same fraction, the better one on some plain chains;
     - `global-unrepaired`, for total effects: global allocation of do(channel := 0)'s effects, the mean's
       loss counted wherever it is (TotalEffectScorer.unrepaired_importances_). Where batch-norm
       re-estimation repairs less than the first-order estimate assumes, these rank channels better;
-      which is the case is measured, not guessed.
-    Measured over the benchmark models and held-out networks: BENCHMARKS.md, auto allocation."""
+    - `global-l1-order`, given the model's l1 `magnitudes`: global's widths, and in each group the
+      channels of least l1 magnitude go. An estimated criterion allocates widths well, but its order
+      within a group carries the calibration images' noise, and a group cut deep loses channels whose
+      effects interact; where the weights' magnitudes choose better, this agrees better.
+    Which is the case is measured, not guessed: BENCHMARKS.md, auto allocation."""
     scores = fitted.importances_
     if allocation != "auto":
-        return {allocation: (allocation, scores)}
-    candidates = {"global": ("global", scores), "uniform": ("uniform-budget", scores)}
+        return {allocation: Candidate(allocation, scores, scores)}
+    candidates = {"global": Candidate("global", scores, scores), "uniform": Candidate("uniform-budget", scores, scores)}
     unrepaired = getattr(fitted, "unrepaired_importances_", None)
     if unrepaired is not None and not _same_scores(unrepaired, scores):  # equal where no batch norm repairs
-        candidates["global-unrepaired"] = ("global", unrepaired)
+        candidates["global-unrepaired"] = Candidate("global", unrepaired, unrepaired)
+    if magnitudes is not None:
+        # a group l1 does not score keeps the criterion's order
+        order = {root: magnitudes[root] if len(magnitudes.get(root, ())) == len(s) else s for root, s in scores.items()}
+        candidates["global-l1-order"] = Candidate("global", scores, order)
     return candidates
 
 
 def _same_scores(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _tied(scores: Mapping[str, np.ndarray], layouts: Mapping[str, GroupLayout]) -> dict[str, np.ndarray]:
+    """A set of channels pruning removes together is ranked at its mean (compress.pruning.GroupLayout)."""
+    return {
+        root: layouts[root].tie(s) if root in layouts and len(s) == layouts[root].width else s
+        for root, s in scores.items()
+    }
 
 
 def execute_plan(
@@ -210,17 +238,16 @@ def execute_plan(
             costs = MacsModel(current, example_inputs, protected)
             original_macs = original_macs or costs.total_
             units = {root: layout.unit for root, layout in layouts.items()}
-        candidates = allocation_candidates(plan.allocation, fitted)
+        magnitudes = None
+        if plan.allocation == "auto" and plan.criterion in ESTIMATED_CRITERIA:
+            magnitudes = MagnitudeScorer("l1").fit(current, example_inputs=example_inputs).importances_
+        candidates = allocation_candidates(plan.allocation, fitted, magnitudes)
         result, chosen, agreement = None, None, {}
-        for name, (allocation, step_scores) in candidates.items():
-            # a set of channels pruning removes together is ranked at its mean (compress.pruning.GroupLayout)
-            step_scores = {
-                root: layouts[root].tie(s) if root in layouts and len(s) == layouts[root].width else s
-                for root, s in step_scores.items()
-            }
+        for name, way in candidates.items():
+            widths, order = _tied(way.widths, layouts), _tied(way.order, layouts)
             keep = plan_keep(
-                allocation,
-                step_scores,
+                way.allocation,
+                widths,
                 fraction,
                 original=original,
                 round_to=round_to,
@@ -232,7 +259,7 @@ def execute_plan(
             )
             candidate = prune(
                 current,
-                lambda m, s=step_scores: GroupScoreImportance(s, m),
+                lambda m, s=order: GroupScoreImportance(s, m),
                 plan.amount,
                 example_inputs,
                 protected=protected,

@@ -77,6 +77,24 @@ class Depthwise(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class Widening(nn.Module):
+    """conv -> depthwise conv with two filters per channel (8 -> 16, as FastViT's and MobileOne's stems
+    widen) -> pointwise conv; torch-pruning's magnitude importance cannot score the first group."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.dw, self.dw_bn = nn.Conv2d(8, 16, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(16)
+        self.pw, self.pw_bn = nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        x = F.relu(self.dw_bn(self.dw(x)))
+        x = F.relu(self.pw_bn(self.pw(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 class _GhostModule(nn.Module):
     """GhostNet's module: half the output from a 1x1 conv, the other half a depthwise copy of that half."""
 

@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import TwoConv, batches, randomise_batchnorm
+from builders import TwoConv, Widening, batches, randomise_batchnorm
 
 from compress.causal.intervention import InterventionScorer
 from compress.causal.reference import ReferenceCausalScorer
 from compress.cifar_resnet import CifarResNet
 from compress.criteria import CRITERIA, importance_factory, make_scorer
-from compress.pruning import prune
+from compress.errors import CompressWarning
+from compress.plans import PruningPlan, execute_plan
+from compress.pruning import layer_widths, output_layer_names, prune
 from compress.zoo import DigitsCNN
 
 
@@ -111,3 +113,26 @@ def test_option_a_cifar_resnet_prunes_whole_with_every_scored_criterion():
         assert result.kept_unpruned == {}, criterion
         assert result.model.conv1.out_channels == 8  # the first residual stream is pruned too
         assert result.model(x[0][0]).shape == (16, 10)
+
+
+def test_a_group_magnitudes_cannot_score_is_kept_whole_by_them_and_keeps_the_criterions_order_in_auto():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(Widening()).eval()
+    data = batches(n=32, shape=(3, 8, 8))
+    x, protected = data[0][0], output_layer_names(Widening(), data[0][0])
+    l1 = make_scorer("l1").fit(model, data, x)
+    assert set(l1.importances_) == {"dw", "pw"}  # torch-pruning indexes past the widening conv for `conv`
+    with pytest.warns(CompressWarning, match="l1 gives no scores to group"):
+        by_l1 = execute_plan(model, PruningPlan("l1", 0.4, "global"), lambda m: l1, x, protected=protected, round_to=2)
+    assert layer_widths(by_l1.model)["conv"] == 8 and layer_widths(by_l1.model)["dw"] < 16
+    causal = make_scorer("causal").fit(model, data, x)
+    result = execute_plan(
+        model,
+        PruningPlan("causal", 0.4, "auto"),
+        lambda m: causal,
+        x,
+        protected=protected,
+        round_to=2,
+        fidelity=lambda m: 0.5,
+    )  # the fourth candidate takes l1's channels where l1 scores, total effects' order in `conv`
+    assert list(result.allocation_choices[0]["agreement"])[-1] == "global-l1-order"

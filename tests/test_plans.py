@@ -8,10 +8,11 @@ import torch
 from builders import GhostStyle, Grouped, TwoConv, batches, randomise_batchnorm
 
 from compress.allocation import uniform_keep
+from compress.baselines import MagnitudeScorer
 from compress.costs import MacsModel
 from compress.criteria import importance_factory, make_scorer
 from compress.errors import CompressWarning
-from compress.plans import PruningPlan, execute_plan, plan_keep
+from compress.plans import PruningPlan, allocation_candidates, execute_plan, plan_keep
 from compress.pruning import (
     count_macs_params,
     group_layouts,
@@ -88,7 +89,8 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
     plan = PruningPlan("causal", 0.4, "auto")
     result = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=thin_conv1_agrees_more)
     widths = layer_widths(result.model)
-    assert measured[0] == global_widths and len(measured) == 2  # both candidates measured, global first
+    # every candidate measured, global first; the last has global's widths (l1's channels within them)
+    assert measured[0] == global_widths and len(measured) == 3 and measured[2] == global_widths
     assert widths == measured[1] != global_widths
     # uniform at the MACs budget: every group cut by one fraction, no more than the budget needs
     assert count_macs_params(result.model, x)[0] <= 0.6 * count_macs_params(model, x)[0]
@@ -99,7 +101,9 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
 
     tie = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9)
     assert layer_widths(tie.model) == global_widths
-    assert tie.allocation_choices == [{"step": 1, "chosen": "global", "agreement": {"global": 0.9, "uniform": 0.9}}]
+    assert tie.allocation_choices == [
+        {"step": 1, "chosen": "global", "agreement": {"global": 0.9, "uniform": 0.9, "global-l1-order": 0.9}}
+    ]
     with pytest.raises(ValueError, match="auto allocation needs a fidelity measure"):
         execute_plan(model, plan, lambda m: _fitted(scores), x, **settings)
 
@@ -123,21 +127,68 @@ def test_auto_allocation_tries_global_on_the_unrepaired_effects_a_scorer_gives_a
     result = execute_plan(
         model, plan, lambda m: _fitted(scores, unrepaired), x, **settings, fidelity=whole_conv2_agrees_more
     )
-    assert len(measured) == 3 and measured[2] == layer_widths(alone.model)  # global, uniform, then the third
+    assert len(measured) == 4 and measured[2] == layer_widths(alone.model)  # global, uniform, then the third
     assert layer_widths(result.model) == layer_widths(alone.model)
     assert result.pruned_channels() == alone.pruned_channels()  # its channels ranked by the unrepaired effects
     assert result.allocation_choices == [
         {
             "step": 1,
             "chosen": "global-unrepaired",
-            "agreement": {"global": 0.5, "uniform": 0.5, "global-unrepaired": 1.0},
+            "agreement": {"global": 0.5, "uniform": 0.5, "global-unrepaired": 1.0, "global-l1-order": 0.5},
         }
     ]
     tie = execute_plan(model, plan, lambda m: _fitted(scores, unrepaired), x, **settings, fidelity=lambda m: 0.9)
     assert tie.allocation_choices[0]["chosen"] == "global"  # a tie keeps the first
     # without batch norms the two effects are the same: the third candidate would repeat global
     same = execute_plan(model, plan, lambda m: _fitted(scores, scores), x, **settings, fidelity=lambda m: 0.9)
-    assert list(same.allocation_choices[0]["agreement"]) == ["global", "uniform"]
+    assert list(same.allocation_choices[0]["agreement"]) == ["global", "uniform", "global-l1-order"]
+
+
+def test_auto_allocation_tries_l1s_channels_within_an_estimated_criterions_global_widths(digits):
+    model, _, x, protected = digits
+    settings = {"protected": protected, "round_to": 4}
+    l1 = MagnitudeScorer("l1").fit(model, example_inputs=x).importances_
+    # the criterion's levels put conv1 first, but within each group it ranks channels against their l1 norm
+    scores = {root: level * (1.0 - 1e-3 * l1[root] / l1[root].max()) for root, level in _conv1_matters_most().items()}
+    plan = PruningPlan("causal", 0.4, "auto")
+    global_ = execute_plan(model, PruningPlan("causal", 0.4, "global"), lambda m: _fitted(scores), x, **settings)
+
+    def heavier_weights_agree_more(m):  # a stand-in fidelity that prefers the heaviest filters kept
+        return float(sum(c.weight.detach().abs().sum() for c in m.modules() if isinstance(c, torch.nn.Conv2d)))
+
+    result = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=heavier_weights_agree_more)
+    [choice] = result.allocation_choices
+    assert (
+        list(choice["agreement"]) == ["global", "uniform", "global-l1-order"] and choice["chosen"] == "global-l1-order"
+    )
+    assert layer_widths(result.model) == layer_widths(global_.model)  # global's widths
+    removed, removed_by_global = result.pruned_channels(), global_.pruned_channels()
+    assert removed.keys() == removed_by_global.keys() and removed  # the same groups cut, as deep
+    for root, channels in removed.items():
+        assert sorted(channels) == sorted(np.argsort(l1[root])[: len(channels)])  # the weakest by l1 went
+        assert sorted(channels) != sorted(removed_by_global[root])
+    tie = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9)
+    assert tie.allocation_choices[0]["chosen"] == "global"
+    # magnitudes and random draws have no sampling noise to spare: two candidates, as before
+    for criterion in ("l1", "lamp", "random"):
+        plain = execute_plan(
+            model, PruningPlan(criterion, 0.4, "auto"), lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9
+        )
+        assert list(plain.allocation_choices[0]["agreement"]) == ["global", "uniform"]
+    taylor = execute_plan(
+        model, PruningPlan("taylor", 0.4, "auto"), lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9
+    )
+    assert list(taylor.allocation_choices[0]["agreement"]) == ["global", "uniform", "global-l1-order"]
+
+
+def test_l1s_order_leaves_a_group_l1_does_not_score_in_the_criterions_order():
+    scores = {"a": np.array([3.0, 1.0, 2.0]), "b": np.array([1.0, 2.0])}
+    candidates = allocation_candidates("auto", _fitted(scores), {"a": np.array([1.0, 2.0, 3.0])})
+    way = candidates["global-l1-order"]
+    assert way.allocation == "global" and way.widths is scores
+    np.testing.assert_array_equal(way.order["a"], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(way.order["b"], scores["b"])
+    assert list(allocation_candidates("auto", _fitted(scores))) == ["global", "uniform"]  # no magnitudes given
 
 
 def test_auto_normalisation_follows_the_plans_criterion(digits):
@@ -248,19 +299,20 @@ def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_tar
     args += ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    candidates = {"causal": ["global", "uniform", "global-unrepaired"], "l1": ["global", "uniform"]}
+    candidates = {"causal": ["global", "uniform", "global-unrepaired", "global-l1-order"], "l1": ["global", "uniform"]}
     for v in report["variants"][1:]:
         [choice] = v["allocation_choices"]
-        assert list(choice["agreement"]) == candidates[v["criterion"]]  # total effects' third: do(channel := 0)'s
+        # total effects' third: do(channel := 0)'s; an estimated criterion's fourth: l1's channels in its widths
+        assert list(choice["agreement"]) == candidates[v["criterion"]]
         assert choice["chosen"] == max(choice["agreement"], key=choice["agreement"].get)  # the one that agrees more
         assert all(0.0 <= a <= 1.0 for a in choice["agreement"].values())
         assert v["ratio"] == 0.5 and v["macs_ratio"] <= 0.5  # a share of MACs, whichever allocation was kept
     assert "auto allocation removed 0.5 of the MACs" in report["chosen"]["reason"]
     markdown = (out / "report.md").read_text()
     assert "## Allocation chosen (--allocation auto)" in markdown
-    assert "| variant | step | kept | global | uniform | global-unrepaired |" in markdown
+    assert "| variant | step | kept | global | uniform | global-unrepaired | global-l1-order |" in markdown
     [l1_row] = [line for line in markdown.splitlines() if line.startswith("| l1-0.50 | 1 |")]
-    assert l1_row.endswith("% |  |")  # l1 has no third candidate: its cell is empty
+    assert l1_row.endswith("% |  |  |")  # l1 has neither a third nor a fourth candidate: their cells are empty
 
 
 def test_global_allocation_spends_its_budget_on_the_whole_units_grouped_convolutions_keep():
