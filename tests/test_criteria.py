@@ -115,7 +115,7 @@ def test_option_a_cifar_resnet_prunes_whole_with_every_scored_criterion():
         assert result.model(x[0][0]).shape == (16, 10)
 
 
-def test_a_group_magnitudes_cannot_score_is_kept_whole_by_them_and_keeps_the_criterions_order_in_auto():
+def test_a_group_magnitudes_cannot_score_is_kept_whole_by_them_and_auto_still_tries_their_order_elsewhere():
     torch.manual_seed(0)
     model = randomise_batchnorm(Widening()).eval()
     data = batches(n=32, shape=(3, 8, 8))
@@ -126,6 +126,7 @@ def test_a_group_magnitudes_cannot_score_is_kept_whole_by_them_and_keeps_the_cri
         by_l1 = execute_plan(model, PruningPlan("l1", 0.4, "global"), lambda m: l1, x, protected=protected, round_to=2)
     assert layer_widths(by_l1.model)["conv"] == 8 and layer_widths(by_l1.model)["dw"] < 16
     causal = make_scorer("causal").fit(model, data, x)
+    later = iter(range(10))  # a stand-in fidelity that prefers each candidate to the ones before it
     result = execute_plan(
         model,
         PruningPlan("causal", 0.4, "auto"),
@@ -133,6 +134,10 @@ def test_a_group_magnitudes_cannot_score_is_kept_whole_by_them_and_keeps_the_cri
         x,
         protected=protected,
         round_to=2,
-        fidelity=lambda m: 0.5,
-    )  # the fourth candidate takes l1's channels where l1 scores, total effects' order in `conv`
-    assert list(result.allocation_choices[0]["agreement"])[-1] == "global-l1-order"
+        fidelity=lambda m: next(later),
+    )
+    assert result.allocation_choices[0]["chosen"] == "global-l1-order"  # the last candidate
+    removed = result.pruned_channels()
+    # `pw`, a plain group (no coupled channels to tie), loses its weakest channels by l1
+    assert sorted(removed["pw"]) == sorted(np.argsort(l1.importances_["pw"])[: len(removed["pw"])])
+    assert sorted(removed["pw"]) != sorted(np.argsort(causal.importances_["pw"])[: len(removed["pw"])])

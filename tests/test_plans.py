@@ -169,7 +169,7 @@ def test_auto_allocation_tries_l1s_channels_within_an_estimated_criterions_globa
         assert sorted(channels) != sorted(removed_by_global[root])
     tie = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9)
     assert tie.allocation_choices[0]["chosen"] == "global"
-    # magnitudes and random draws have no sampling noise to spare: two candidates, as before
+    # magnitudes have no sampling noise, and random is the null baseline: two candidates, as before
     for criterion in ("l1", "lamp", "random"):
         plain = execute_plan(
             model, PruningPlan(criterion, 0.4, "auto"), lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9
