@@ -244,7 +244,8 @@ def execute_plan(
         candidates = allocation_candidates(plan.allocation, fitted, magnitudes)
         result, chosen, agreement = None, None, {}
         for name, way in candidates.items():
-            widths, order = _tied(way.widths, layouts), _tied(way.order, layouts)
+            widths = _tied(way.widths, layouts)
+            order = widths if way.order is way.widths else _tied(way.order, layouts)
             keep = plan_keep(
                 way.allocation,
                 widths,
