@@ -25,7 +25,8 @@ channels down to that width.
   shortcuts, where it takes deep cuts from single groups, and loses on plain chains, where it strips
   the late layers of small feature maps (BENCHMARKS.md, plain chains). Measuring both on the
   calibration images decides per model and amount, without labels. For total effects a third
-  candidate, global allocation of do(channel := 0)'s effects, is measured alongside
+  candidate, global allocation of do(channel := 0)'s effects, is measured alongside, and for a
+  criterion estimated from calibration images a fourth, global's widths with l1's channels
   (compress.plans.allocation_candidates).
 
 `global_keep` removes a share of the channels; `budget_keep` spends a MACs budget: the largest
