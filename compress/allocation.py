@@ -26,7 +26,8 @@ channels down to that width.
   the late layers of small feature maps (BENCHMARKS.md, plain chains). Measuring both on the
   calibration images decides per model and amount, without labels. For total effects a third
   candidate, global allocation of do(channel := 0)'s effects, is measured alongside, and for a
-  criterion estimated from calibration images a fourth, global's widths with l1's channels
+  criterion estimated from calibration images a fourth, global's widths with l1's channels, and for
+  total effects under `auto` normalisation a fifth, global on the `sqrt-mean` scale
   (compress.plans.allocation_candidates).
 
 `global_keep` removes a share of the channels; `budget_keep` spends a MACs budget: the largest
@@ -53,6 +54,13 @@ DEFAULT_NORMALISATION = "auto"
 # are on one scale across groups (the effect on the output), so only they gain from keeping each
 # group's level; magnitudes and Taylor scores rank best divided by their group's mean.
 AUTO_NORMALISATION = {"causal": "sqrt-total", "causal-direct": "sqrt-mean"}
+# Under `auto` normalisation, auto allocation also tries these criteria's global widths on a second
+# scale (compress.plans.allocation_candidates). Total effects keep each group's level, and how much of
+# it to keep is what varies between networks: `sqrt-total` measured best overall, `sqrt-mean` (the
+# level per channel) on ResNet-32 and ResNet-44 at some targets and never worse where agreement kept it
+# (BENCHMARKS.md, auto allocation). Scores without a level across groups (magnitudes, Taylor) have no
+# such question.
+AUTO_SECOND_NORMALISATION = {"causal": "sqrt-mean"}
 DEFAULT_MAX_FRACTION = 0.9
 
 
@@ -86,6 +94,12 @@ def rounded_width(channels: int, left: int, round_to: int | None) -> int:
 def resolve_normalisation(how: str, criterion: str) -> str:
     """The normalisation `criterion`'s scores get: `how`, or with `auto` the one measured best for it."""
     return AUTO_NORMALISATION.get(criterion, "mean") if how == "auto" else how
+
+
+def second_normalisations(how: str, criterion: str) -> tuple[str, ...]:
+    """The other scales auto allocation tries for `criterion`'s global widths: none once `how` is set."""
+    second = AUTO_SECOND_NORMALISATION.get(criterion)
+    return (second,) if how == "auto" and second else ()
 
 
 def normalise_scores(scores: np.ndarray, how: str) -> np.ndarray:

@@ -321,9 +321,9 @@ _model_and_data_options = _options(
     help="global: all groups' channels ranked together on scores scaled per group (--group-normalisation) "
     "until --ratios of the MACs are gone (every criterion at equal cost); uniform: every group loses the "
     "same fraction of its channels; auto: both at the same MACs (causal: and global on do(channel := 0)'s "
-    "effects; criteria estimated from images: and global's widths with l1's channels), keeping the one whose "
-    "predictions agree more with the original's on the calibration images (per extra candidate, another "
-    "pruning and two passes over them).",
+    "effects and on the sqrt-mean scale; criteria estimated from images: and global's widths with l1's "
+    "channels), keeping the one whose predictions agree more with the original's on the calibration images "
+    "(per extra candidate, another pruning and two passes over them).",
 )
 @click.option(
     "--steps",
@@ -345,7 +345,8 @@ _model_and_data_options = _options(
     default=DEFAULT_NORMALISATION,
     show_default=True,
     help="Global allocation: how each group's scores are scaled before all groups are ranked together. "
-    "auto: what measured best per criterion (causal sqrt-total, causal-direct sqrt-mean, the rest mean); "
+    "auto: what measured best per criterion (causal sqrt-total, causal-direct sqrt-mean, the rest mean; "
+    "with --allocation auto, causal also tries sqrt-mean); "
     "sqrt-total: by their mean, times the square root of their sum (the group's level counts, not its "
     "width); sqrt-mean: by the square root of their mean; mean, max: by those; none: raw.",
 )

@@ -8,10 +8,11 @@ shapes follow the scores, so this is what makes criteria comparable at one amoun
 the same, compress.costs). With `auto` allocation the amount is a share of MACs too: the model is
 pruned both ways at that budget (uniform widths: the smallest equal fraction that fits it), for total
 effects a third way, global allocation of do(channel := 0)'s effects, and for a criterion estimated
-from calibration images one more, its global widths with l1's channels (`allocation_candidates`);
-each candidate is recovered as the shipped model will be, and the one whose predictions agree more
-often with the unpruned model's on the calibration images is kept (compress.agreement; a tie keeps
-the first, global).
+from calibration images one more, its global widths with l1's channels, and for total effects under
+`auto` normalisation global widths on a second group scale (`allocation_candidates`); each candidate
+is recovered as the shipped model will be, and the one whose predictions agree more often with the
+unpruned model's on the calibration images is kept (compress.agreement; a tie keeps the first,
+global).
 With `steps` > 1 the amount is reached in equal steps:
 after each one the batch norms are re-estimated and the criterion is fitted again on the smaller
 model (the causal calibration is one cheap pass), so later steps see the model they prune (`auto`
@@ -36,6 +37,7 @@ from .allocation import (
     DEFAULT_NORMALISATION,
     budget_keep,
     resolve_normalisation,
+    second_normalisations,
     uniform_budget_keep,
     uniform_keep,
 )
@@ -149,15 +151,20 @@ def plan_keep(
 @dataclass(frozen=True)
 class Candidate:
     """One way to prune at a budget: `allocation` spreads the cut over the groups by the `widths`
-    scores, and within each group the `order` scores choose the channels that go."""
+    scores (global: on the group scale `normalisation`, None for the plan's), and within each group the
+    `order` scores choose the channels that go."""
 
     allocation: str
     widths: Mapping[str, np.ndarray]
     order: Mapping[str, np.ndarray]
+    normalisation: str | None = None
 
 
 def allocation_candidates(
-    allocation: str, fitted: FittedScorer, magnitudes: Mapping[str, np.ndarray] | None = None
+    allocation: str,
+    fitted: FittedScorer,
+    magnitudes: Mapping[str, np.ndarray] | None = None,
+    normalisations: Sequence[str] = (),
 ) -> dict[str, Candidate]:
     """Candidate name -> Candidate. Auto's, in order of preference (a tie keeps the first):
     - `global`: global allocation of the criterion's scores, the better default where shortcuts are;
@@ -168,7 +175,9 @@ def allocation_candidates(
     - `global-l1-order`, given the model's l1 `magnitudes`: global's widths, and in each group the
       channels of least l1 magnitude go. An estimated criterion allocates widths well, but its order
       within a group carries the calibration images' noise, and a group cut deep loses channels whose
-      effects interact; where the weights' magnitudes choose better, this agrees better.
+      effects interact; where the weights' magnitudes choose better, this agrees better;
+    - `global-<scale>`, for each of `normalisations`: global allocation of the criterion's scores with the
+      groups put on that scale instead of the plan's (compress.allocation.second_normalisations).
     Which is the case is measured, not guessed: BENCHMARKS.md, auto allocation."""
     scores = fitted.importances_
     if allocation != "auto":
@@ -181,6 +190,8 @@ def allocation_candidates(
         # a group l1 does not score keeps the criterion's order
         order = {root: magnitudes[root] if len(magnitudes.get(root, ())) == len(s) else s for root, s in scores.items()}
         candidates["global-l1-order"] = Candidate("global", scores, order)
+    for scale in normalisations:
+        candidates[f"global-{scale}"] = Candidate("global", scores, scores, scale)
     return candidates
 
 
@@ -241,7 +252,8 @@ def execute_plan(
         magnitudes = None
         if plan.allocation == "auto" and plan.criterion in ESTIMATED_CRITERIA:
             magnitudes = MagnitudeScorer("l1").fit(current, example_inputs=example_inputs).importances_
-        candidates = allocation_candidates(plan.allocation, fitted, magnitudes)
+        scales = second_normalisations(normalise, plan.criterion) if plan.allocation == "auto" else ()
+        candidates = allocation_candidates(plan.allocation, fitted, magnitudes, scales)
         result, chosen, agreement = None, None, {}
         for name, way in candidates.items():
             widths = _tied(way.widths, layouts)
@@ -255,7 +267,7 @@ def execute_plan(
                 max_fraction=max_fraction,
                 costs=costs,
                 original_macs=original_macs,
-                normalise=resolve_normalisation(normalise, plan.criterion),
+                normalise=way.normalisation or resolve_normalisation(normalise, plan.criterion),
                 units=units,
             )
             candidate = prune(

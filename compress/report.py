@@ -169,8 +169,9 @@ def write_report_md(report: dict[str, Any]) -> str:
             "Each variant was pruned in each candidate way at its MACs budget (global, uniform; for causal, "
             "global on the effects of do(channel := 0) with nothing repaired: global-unrepaired; for a criterion "
             "estimated from calibration images, global's widths with the channels of least l1 norm removed: "
-            "global-l1-order); the one whose top-1 agrees more often with the original's on the calibration "
-            "images was kept (a tie keeps the first). Agreement on the calibration images:",
+            "global-l1-order; for causal, global with the groups on the sqrt-mean scale: global-sqrt-mean); "
+            "the one whose top-1 agrees more often with the original's on the calibration images was kept "
+            "(a tie keeps the first). Agreement on the calibration images:",
             "",
         ]
         names = list(dict.fromkeys(n for steps in chosen.values() for c in steps for n in c["agreement"]))

@@ -8,7 +8,7 @@ from pathlib import Path
 from builders import load_script, scripts_on_path
 
 # every candidate auto allocation can keep for causal (compress.plans.allocation_candidates)
-AUTO_CANDIDATES = ("global", "uniform", "global-unrepaired", "global-l1-order")
+AUTO_CANDIDATES = ("global", "uniform", "global-unrepaired", "global-l1-order", "global-sqrt-mean")
 
 
 def test_the_heldout_architectures_are_registered_for_the_scripts_and_run_at_32x32():

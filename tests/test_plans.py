@@ -89,8 +89,8 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
     plan = PruningPlan("causal", 0.4, "auto")
     result = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=thin_conv1_agrees_more)
     widths = layer_widths(result.model)
-    # every candidate measured, global first; the last has global's widths (l1's channels within them)
-    assert measured[0] == global_widths and len(measured) == 3 and measured[2] == global_widths
+    # every candidate measured, global first; the third has global's widths (l1's channels within them)
+    assert measured[0] == global_widths and len(measured) == 4 and measured[2] == global_widths
     assert widths == measured[1] != global_widths
     # uniform at the MACs budget: every group cut by one fraction, no more than the budget needs
     assert count_macs_params(result.model, x)[0] <= 0.6 * count_macs_params(model, x)[0]
@@ -102,7 +102,11 @@ def test_auto_allocation_keeps_the_candidate_that_agrees_more_and_global_on_a_ti
     tie = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9)
     assert layer_widths(tie.model) == global_widths
     assert tie.allocation_choices == [
-        {"step": 1, "chosen": "global", "agreement": {"global": 0.9, "uniform": 0.9, "global-l1-order": 0.9}}
+        {
+            "step": 1,
+            "chosen": "global",
+            "agreement": {"global": 0.9, "uniform": 0.9, "global-l1-order": 0.9, "global-sqrt-mean": 0.9},
+        }
     ]
     with pytest.raises(ValueError, match="auto allocation needs a fidelity measure"):
         execute_plan(model, plan, lambda m: _fitted(scores), x, **settings)
@@ -127,26 +131,32 @@ def test_auto_allocation_tries_global_on_the_unrepaired_effects_a_scorer_gives_a
     result = execute_plan(
         model, plan, lambda m: _fitted(scores, unrepaired), x, **settings, fidelity=whole_conv2_agrees_more
     )
-    assert len(measured) == 4 and measured[2] == layer_widths(alone.model)  # global, uniform, then the third
+    assert len(measured) == 5 and measured[2] == layer_widths(alone.model)  # global, uniform, then the third
     assert layer_widths(result.model) == layer_widths(alone.model)
     assert result.pruned_channels() == alone.pruned_channels()  # its channels ranked by the unrepaired effects
     assert result.allocation_choices == [
         {
             "step": 1,
             "chosen": "global-unrepaired",
-            "agreement": {"global": 0.5, "uniform": 0.5, "global-unrepaired": 1.0, "global-l1-order": 0.5},
+            "agreement": {
+                "global": 0.5,
+                "uniform": 0.5,
+                "global-unrepaired": 1.0,
+                "global-l1-order": 0.5,
+                "global-sqrt-mean": 0.5,
+            },
         }
     ]
     tie = execute_plan(model, plan, lambda m: _fitted(scores, unrepaired), x, **settings, fidelity=lambda m: 0.9)
     assert tie.allocation_choices[0]["chosen"] == "global"  # a tie keeps the first
     # without batch norms the two effects are the same: the third candidate would repeat global
     same = execute_plan(model, plan, lambda m: _fitted(scores, scores), x, **settings, fidelity=lambda m: 0.9)
-    assert list(same.allocation_choices[0]["agreement"]) == ["global", "uniform", "global-l1-order"]
+    assert list(same.allocation_choices[0]["agreement"]) == ["global", "uniform", "global-l1-order", "global-sqrt-mean"]
 
 
 def test_auto_allocation_tries_l1s_channels_within_an_estimated_criterions_global_widths(digits):
     model, _, x, protected = digits
-    settings = {"protected": protected, "round_to": 4}
+    settings = {"protected": protected, "round_to": 4, "normalise": "sqrt-total"}  # causal's scale, and no other
     l1 = MagnitudeScorer("l1").fit(model, example_inputs=x).importances_
     # the criterion's levels put conv1 first, but within each group it ranks channels against their l1 norm
     scores = {root: level * (1.0 - 1e-3 * l1[root] / l1[root].max()) for root, level in _conv1_matters_most().items()}
@@ -189,6 +199,40 @@ def test_l1s_order_leaves_a_group_l1_does_not_score_in_the_criterions_order():
     np.testing.assert_array_equal(way.order["a"], [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(way.order["b"], scores["b"])
     assert list(allocation_candidates("auto", _fitted(scores))) == ["global", "uniform"]  # no magnitudes given
+
+
+def test_auto_allocation_tries_total_effects_global_widths_on_the_sqrt_mean_scale_unless_a_scale_is_set(digits):
+    model, _, x, protected = digits
+    settings = {"protected": protected, "round_to": 4}
+    # every group alike within, at its own level: the scale decides how deep each one is cut
+    levels = {"conv1": 1.0, "conv2": 0.5, "conv3": 0.3, "conv4": 0.2}
+    widths_of = group_widths(model, x, protected)
+    scores = {root: level * np.linspace(0.5, 1.5, widths_of[root]) for root, level in levels.items()}
+
+    def global_on(scale):
+        plan = PruningPlan("causal", 0.4, "global")
+        return execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, normalise=scale)
+
+    on_sqrt_mean, on_sqrt_total = global_on("sqrt-mean"), global_on("sqrt-total")
+    assert layer_widths(on_sqrt_mean.model) != layer_widths(on_sqrt_total.model)
+    later = iter(range(10))  # a stand-in fidelity that prefers each candidate to the ones before it
+    plan = PruningPlan("causal", 0.4, "auto")
+    result = execute_plan(model, plan, lambda m: _fitted(scores), x, **settings, fidelity=lambda m: next(later))
+    [choice] = result.allocation_choices
+    assert list(choice["agreement"]) == ["global", "uniform", "global-l1-order", "global-sqrt-mean"]
+    assert choice["chosen"] == "global-sqrt-mean"
+    assert layer_widths(result.model) == layer_widths(on_sqrt_mean.model)
+    assert result.pruned_channels() == on_sqrt_mean.pruned_channels()  # the criterion's own channels
+    # a scale the user set is the only one; the magnitudes' scores have no level to weigh: no second scale
+    pinned = execute_plan(
+        model, plan, lambda m: _fitted(scores), x, **settings, normalise="sqrt-total", fidelity=lambda m: 0.9
+    )
+    assert "global-sqrt-mean" not in pinned.allocation_choices[0]["agreement"]
+    for criterion in ("l1", "taylor"):
+        other = execute_plan(
+            model, PruningPlan(criterion, 0.4, "auto"), lambda m: _fitted(scores), x, **settings, fidelity=lambda m: 0.9
+        )
+        assert "global-sqrt-mean" not in other.allocation_choices[0]["agreement"]
 
 
 def test_auto_normalisation_follows_the_plans_criterion(digits):
@@ -299,10 +343,14 @@ def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_tar
     args += ["--latency-runs", "3", "--latency-min-seconds", "0", "--latency-window-seconds", "0", "--warmup", "1"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    candidates = {"causal": ["global", "uniform", "global-unrepaired", "global-l1-order"], "l1": ["global", "uniform"]}
+    candidates = {
+        "causal": ["global", "uniform", "global-unrepaired", "global-l1-order", "global-sqrt-mean"],
+        "l1": ["global", "uniform"],
+    }
     for v in report["variants"][1:]:
         [choice] = v["allocation_choices"]
-        # total effects' third: do(channel := 0)'s; an estimated criterion's fourth: l1's channels in its widths
+        # total effects' third: do(channel := 0)'s; an estimated criterion's fourth: l1's channels in its
+        # widths; total effects' fifth: global on the sqrt-mean scale
         assert list(choice["agreement"]) == candidates[v["criterion"]]
         assert choice["chosen"] == max(choice["agreement"], key=choice["agreement"].get)  # the one that agrees more
         assert all(0.0 <= a <= 1.0 for a in choice["agreement"].values())
@@ -310,9 +358,10 @@ def test_a_run_with_auto_allocation_reports_each_variants_choice_at_the_macs_tar
     assert "auto allocation removed 0.5 of the MACs" in report["chosen"]["reason"]
     markdown = (out / "report.md").read_text()
     assert "## Allocation chosen (--allocation auto)" in markdown
-    assert "| variant | step | kept | global | uniform | global-unrepaired | global-l1-order |" in markdown
+    header = "| variant | step | kept | global | uniform | global-unrepaired | global-l1-order | global-sqrt-mean |"
+    assert header in markdown
     [l1_row] = [line for line in markdown.splitlines() if line.startswith("| l1-0.50 | 1 |")]
-    assert l1_row.endswith("% |  |  |")  # l1 has neither a third nor a fourth candidate: their cells are empty
+    assert l1_row.endswith("% |  |  |  |")  # l1 has none of causal's last three candidates: their cells are empty
 
 
 def test_global_allocation_spends_its_budget_on_the_whole_units_grouped_convolutions_keep():
