@@ -231,6 +231,8 @@ def execute_plan(
     if plan.allocation == "auto" and fidelity is None:
         raise ValueError("auto allocation needs a fidelity measure to choose between its candidates")
     start = time.perf_counter()
+    scale = resolve_normalisation(normalise, plan.criterion)
+    scales = second_normalisations(normalise, plan.criterion) if plan.allocation == "auto" else ()
     original, original_macs = None, None
     current, history, kept_unpruned, choices = model, [], {}, []
     for step in range(1, plan.steps + 1):
@@ -252,7 +254,6 @@ def execute_plan(
         magnitudes = None
         if plan.allocation == "auto" and plan.criterion in ESTIMATED_CRITERIA:
             magnitudes = MagnitudeScorer("l1").fit(current, example_inputs=example_inputs).importances_
-        scales = second_normalisations(normalise, plan.criterion) if plan.allocation == "auto" else ()
         candidates = allocation_candidates(plan.allocation, fitted, magnitudes, scales)
         result, chosen, agreement = None, None, {}
         for name, way in candidates.items():
@@ -267,7 +268,7 @@ def execute_plan(
                 max_fraction=max_fraction,
                 costs=costs,
                 original_macs=original_macs,
-                normalise=way.normalisation or resolve_normalisation(normalise, plan.criterion),
+                normalise=way.normalisation or scale,
                 units=units,
             )
             candidate = prune(
