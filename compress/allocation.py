@@ -57,8 +57,8 @@ AUTO_NORMALISATION = {"causal": "sqrt-total", "causal-direct": "sqrt-mean"}
 # Under `auto` normalisation, auto allocation also tries these criteria's global widths on a second
 # scale (compress.plans.allocation_candidates). Total effects keep each group's level, and how much of
 # it to keep is what varies between networks: `sqrt-total` measured best overall, `sqrt-mean` (the
-# level per channel) on ResNet-32 and ResNet-44 at some targets and never worse where agreement kept it
-# (BENCHMARKS.md, auto allocation). Scores without a level across groups (magnitudes, Taylor) have no
+# level per channel) on ResNet-32, ResNet-44 and digits at some targets, and never worse where agreement
+# kept it (BENCHMARKS.md, auto allocation). Scores without a level across groups (magnitudes, Taylor) have no
 # such question.
 AUTO_SECOND_NORMALISATION = {"causal": "sqrt-mean"}
 DEFAULT_MAX_FRACTION = 0.9
